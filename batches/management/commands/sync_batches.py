@@ -1,0 +1,70 @@
+"""The sync worker: `manage.py sync_batches` keeps the mirror in step with every account.
+
+A loop in the style of healthchecks' `sendalerts`: each round runs one cycle per account that is
+due (not backing off, not being refreshed by another process right now), then sleeps. SIGTERM or
+SIGINT stops it between two upstream requests; what was stored stays, and a first import that
+was cut short resumes from its saved cursor on the next run.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from batches.accounts import get_accounts
+from batches.sync import sync_account
+
+
+class Command(BaseCommand):
+    help = "Sync the batches of every upstream account into the local mirror, in a loop."
+
+    stop_requested = False
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--interval", type=float, default=None, help="seconds between rounds (SYNC_INTERVAL)"
+        )
+        parser.add_argument("--once", action="store_true", help="run one round and exit")
+        parser.add_argument("--account", action="append", default=[], help="only these accounts (repeatable)")
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stdout.write(f"received {signal.Signals(signum).name}, stopping after the current request")
+        self.stop_requested = True
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        accounts = get_accounts()
+        if options["account"]:
+            unknown = set(options["account"]) - set(accounts)
+            if unknown:
+                raise CommandError(f"unknown account(s): {', '.join(sorted(unknown))}")
+            accounts = {name: accounts[name] for name in options["account"]}
+        if not accounts:
+            raise CommandError("no upstream account is configured: set OPENAI_API_KEY or UPSTREAM_ACCOUNTS.")
+        interval = options["interval"] if options["interval"] is not None else settings.SYNC_INTERVAL
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+
+        self.stdout.write(f"sync_batches: {len(accounts)} account(s), every {interval:g} s")
+        while not self.stop_requested:
+            for account in accounts.values():
+                if self.stop_requested:
+                    break
+                result = sync_account(account, should_stop=lambda: self.stop_requested)
+                if result is None:
+                    continue  # backing off, or another process is on it
+                status = "ok" if result.ok else (f"error: {result.error}" if result.error else "interrupted")
+                self.stdout.write(f"{account.name}: {result.requests} requests, {result.new} new, {status}")
+            if options["once"]:
+                break
+            self.sleep(interval)
+        self.stdout.write("sync_batches: stopped")
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            time.sleep(min(0.5, deadline - time.monotonic()))

@@ -1,0 +1,337 @@
+"""The mirror of the upstream batches, their progress samples, sync state and the cancel audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+CANCELLABLE_STATUSES = ("validating", "in_progress", "finalizing")
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+ALL_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+class Batch(models.Model):
+    """One upstream Batch object, as last seen. `raw` keeps the object exactly as received."""
+
+    account = models.CharField(max_length=40)
+    batch_id = models.CharField(max_length=128)
+    status = models.CharField(max_length=20)
+    endpoint = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    completion_window = models.CharField(max_length=20, blank=True)
+    input_file_id = models.CharField(max_length=128, blank=True)
+    output_file_id = models.CharField(max_length=128, blank=True)
+    error_file_id = models.CharField(max_length=128, blank=True)
+
+    created_at = models.DateTimeField()
+    in_progress_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    finalizing_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    cancelling_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    # request_counts and usage are optional upstream: null means "not reported".
+    request_total = models.IntegerField(null=True, blank=True)
+    request_completed = models.IntegerField(null=True, blank=True)
+    request_failed = models.IntegerField(null=True, blank=True)
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    cached_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    reasoning_tokens = models.BigIntegerField(null=True, blank=True)
+    total_tokens = models.BigIntegerField(null=True, blank=True)
+
+    errors = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(null=True, blank=True)
+    description = models.CharField(max_length=512, blank=True)
+    # Lower-cased "key=value" lines of the metadata: a plain text column that every database
+    # can search with LIKE, instead of JSON operators that differ between SQLite and PostgreSQL.
+    metadata_text = models.TextField(blank=True)
+    raw = models.JSONField()
+
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    synced_at = models.DateTimeField(default=timezone.now)
+    # When request_counts last changed, or the status: what the "stuck" flag measures from.
+    progressed_at = models.DateTimeField(default=timezone.now)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+
+    # A cancel claimed by the dashboard: at most one upstream cancel in flight per batch.
+    cancel_requested_by = models.CharField(max_length=150, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "batch_id"], name="batch_unique_per_account"),
+        ]
+        indexes = [
+            # Keyset pagination and the default order: newest first.
+            models.Index(fields=["-created_at", "-id"], name="batch_newest"),
+            models.Index(fields=["status", "-created_at"], name="batch_status_newest"),
+            models.Index(fields=["account", "-created_at"], name="batch_account_newest"),
+            models.Index(fields=["model"], name="batch_model"),
+            models.Index(fields=["endpoint"], name="batch_endpoint"),
+            models.Index(fields=["batch_id"], name="batch_id_lookup"),
+        ]
+        permissions = [("cancel_batch", "Can cancel batches upstream")]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"{self.account}/{self.batch_id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.status in CANCELLABLE_STATUSES
+
+    @property
+    def short_id(self) -> str:
+        return self.batch_id.removeprefix("batch_")[:10]
+
+    @property
+    def requests_done(self) -> int:
+        return (self.request_completed or 0) + (self.request_failed or 0)
+
+    @property
+    def progress_percent(self) -> float | None:
+        if not self.request_total:
+            return None
+        return min(100.0, 100.0 * self.requests_done / self.request_total)
+
+    @property
+    def completed_percent(self) -> float:
+        return 100.0 * (self.request_completed or 0) / self.request_total if self.request_total else 0.0
+
+    @property
+    def failed_percent(self) -> float:
+        return 100.0 * (self.request_failed or 0) / self.request_total if self.request_total else 0.0
+
+    @property
+    def has_usage(self) -> bool:
+        return self.total_tokens is not None
+
+    @property
+    def cached_share(self) -> float | None:
+        if not self.input_tokens or self.cached_tokens is None:
+            return None
+        return 100.0 * self.cached_tokens / self.input_tokens
+
+    @property
+    def terminal_at(self) -> dt.datetime | None:
+        return self.completed_at or self.failed_at or self.expired_at or self.cancelled_at
+
+    def elapsed(self, now: dt.datetime | None = None) -> dt.timedelta:
+        end = self.terminal_at or now or timezone.now()
+        return max(dt.timedelta(0), end - self.created_at)
+
+    def time_left(self, now: dt.datetime | None = None) -> dt.timedelta | None:
+        """Time until `expires_at`, for batches that are still running."""
+        if self.is_terminal or self.status == "cancelling" or not self.expires_at:
+            return None
+        return max(dt.timedelta(0), self.expires_at - (now or timezone.now()))
+
+    def get_stuck_reason(self, now: dt.datetime | None = None) -> str:
+        """Why an active batch looks hung, or "" when it does not."""
+        now = now or timezone.now()
+        minutes = dt.timedelta(minutes=1)
+        if self.status == "finalizing" and self.finalizing_at:
+            limit = settings.FINALIZING_STUCK_AFTER_MINUTES
+            if now - self.finalizing_at > limit * minutes:
+                return f"finalizing for more than {limit} minutes"
+        elif self.status == "cancelling" and self.cancelling_at:
+            limit = settings.CANCELLING_STUCK_AFTER_MINUTES
+            if now - self.cancelling_at > limit * minutes:
+                return f"cancelling for more than {limit} minutes"
+        elif self.status in ("validating", "in_progress"):
+            limit = settings.STUCK_AFTER_MINUTES
+            if now - self.progressed_at > limit * minutes:
+                return f"no progress for more than {limit} minutes"
+        return ""
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """The lifecycle timestamps that are set, in order, each with the time since the previous."""
+        steps = []
+        previous: dt.datetime | None = None
+        for name in (
+            "created_at",
+            "in_progress_at",
+            "finalizing_at",
+            "cancelling_at",
+            "completed_at",
+            "failed_at",
+            "expired_at",
+            "cancelled_at",
+        ):
+            at = getattr(self, name)
+            if at is None:
+                continue
+            steps.append(
+                {
+                    "name": name.removesuffix("_at").replace("_", " "),
+                    "at": at,
+                    "after": at - previous if previous else None,
+                }
+            )
+            previous = at
+        return sorted(steps, key=lambda s: s["at"])
+
+
+class BatchSample(models.Model):
+    """request_counts at one moment, kept while a batch is active, for the rate, ETA and chart."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField()
+    completed = models.IntegerField()
+    failed = models.IntegerField()
+    total = models.IntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["batch", "at"], name="sample_batch_at")]
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} at {self.at:%Y-%m-%d %H:%M:%S}: {self.completed}+{self.failed}/{self.total}"
+
+
+class SyncState(models.Model):
+    """Per account: how fresh the mirror is, the last failure, the first import's progress."""
+
+    account = models.CharField(max_length=40, primary_key=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A lease: a refresh runs only in the process that set this; others skip (coalescing).
+    running_since = models.DateTimeField(null=True, blank=True)
+    running_owner = models.CharField(max_length=100, blank=True)
+    # Back off after failures: no attempt before this time.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.IntegerField(default=0)
+    last_error = models.JSONField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    # Not a failure, but worth a banner: e.g. the upstream cut a listing short.
+    last_warning = models.TextField(blank=True)
+    # The first import pages from the newest to the oldest; `import_after` is the resume cursor.
+    import_complete = models.BooleanField(default=False)
+    import_after = models.CharField(max_length=128, blank=True)
+    imported = models.IntegerField(default=0)
+    last_cycle_requests = models.IntegerField(default=0)
+    last_cycle_seconds = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return self.account
+
+    @property
+    def is_failing(self) -> bool:
+        return self.consecutive_failures > 0
+
+    def age(self, now: dt.datetime | None = None) -> dt.timedelta | None:
+        if self.last_success_at is None:
+            return None
+        return (now or timezone.now()) - self.last_success_at
+
+
+class AppendOnlyError(Exception):
+    """Audit entries are never changed or removed, not even by the admin."""
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def update(self, **kwargs: Any) -> int:
+        raise AppendOnlyError("The audit trail is append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("The audit trail is append-only.")
+
+
+class AuditEntry(models.Model):
+    """One link of the tamper-evident audit chain. Written only by batches.audit.append()."""
+
+    class Event(models.TextChoices):
+        CANCEL = "cancel", "Cancel requested from the dashboard"
+        REACHED = "reached", "Batch reached a terminal state after a dashboard cancel"
+        OUTSIDE = "outside", "Cancelled outside the dashboard"
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        REFUSED = "refused", "Refused upstream"
+        IN_FLIGHT = "in_flight", "Already requested"
+        ERROR = "error", "Upstream unreachable"
+        OBSERVED = "observed", "Observed"
+
+    seq = models.BigAutoField(primary_key=True)
+    at = models.DateTimeField()
+    event = models.CharField(max_length=10, choices=Event.choices)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    # The foreign key may go when a user is deleted; the name and email stay as text.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_username = models.CharField(max_length=150, blank=True)
+    actor_email = models.CharField(max_length=254, blank=True)
+    account = models.CharField(max_length=40)
+    batch_id = models.CharField(max_length=128)
+    status_before = models.CharField(max_length=20, blank=True)
+    status_after = models.CharField(max_length=20, blank=True)
+    reason = models.TextField(blank=True)
+    client_ip = models.CharField(max_length=64, blank=True)
+    user_agent = models.CharField(max_length=400, blank=True)
+    http_status = models.IntegerField(null=True, blank=True)
+    error_type = models.CharField(max_length=100, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    request_id = models.CharField(max_length=200, blank=True)
+    # When the mirror saw the state this entry speaks of (REACHED and OUTSIDE entries).
+    observed_at = models.DateTimeField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-seq"]
+        indexes = [
+            models.Index(fields=["account", "batch_id"], name="audit_batch"),
+            models.Index(fields=["actor_username"], name="audit_actor"),
+            models.Index(fields=["at"], name="audit_at"),
+        ]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.event} {self.account}/{self.batch_id} {self.outcome}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("The audit trail is append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError("The audit trail is append-only.")
+
+
+class AuditHead(models.Model):
+    """The single row that appends lock, so the chain stays linear under concurrency."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+    count = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"audit head after {self.count} entries"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.backends import RemoteUserBackend as BaseRemoteUserBackend
 from django.contrib.auth.middleware import RemoteUserMiddleware as BaseRemoteUserMiddleware
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group
 from django.http import HttpRequest
 
 OPERATORS = "Operators"
@@ -25,7 +27,7 @@ class RemoteUserMiddleware(BaseRemoteUserMiddleware):
     def process_request(self, request: HttpRequest) -> None:
         if not settings.REMOTE_USER_HEADER:
             return
-        self.header = settings.REMOTE_USER_HEADER
+        self.header = settings.REMOTE_USER_HEADER  # type: ignore[misc]
         super().process_request(request)
 
 
@@ -36,12 +38,10 @@ def can_cancel(user: object) -> bool:
 class RemoteUserBackend(BaseRemoteUserBackend):
     """Users first seen through the proxy header start as viewers; an admin may promote them."""
 
-    def configure_user(
-        self, request: HttpRequest, user: AbstractBaseUser, created: bool = True
-    ) -> AbstractBaseUser:
+    def configure_user(self, request: HttpRequest | None, user: Any, created: bool = True) -> Any:
         if created:
             group, _ = Group.objects.get_or_create(name=VIEWERS)
-            user.groups.add(group)  # type: ignore[attr-defined]
+            user.groups.add(group)
         return user
 
 
@@ -58,3 +58,20 @@ def client_ip(request: HttpRequest) -> str:
 
 def axes_client_ip(request: HttpRequest) -> str:
     return client_ip(request)
+
+
+def ensure_roles() -> None:
+    """Create the two groups with their permissions if missing (migration 0002 does it first;
+    a flushed test database or a hand-deleted group needs it again)."""
+    from django.contrib.auth.models import Permission
+
+    perms = {
+        p.codename: p
+        for p in Permission.objects.filter(
+            content_type__app_label="batches", codename__in=["view_batch", "view_auditentry", "cancel_batch"]
+        )
+    }
+    viewers, _ = Group.objects.get_or_create(name=VIEWERS)
+    viewers.permissions.add(perms["view_batch"], perms["view_auditentry"])
+    operators, _ = Group.objects.get_or_create(name=OPERATORS)
+    operators.permissions.add(*perms.values())

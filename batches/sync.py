@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -114,6 +115,10 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _errors(value: Any) -> list[dict[str, Any]] | None:
     data = value.get("data") if isinstance(value, dict) else None
     if not isinstance(data, list):
@@ -137,14 +142,10 @@ def _metadata(value: Any) -> dict[str, str] | None:
 
 
 def batch_fields(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    counts = obj.get("request_counts") if isinstance(obj.get("request_counts"), dict) else {}
-    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
-    in_details = (
-        usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
-    )
-    out_details = (
-        usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else {}
-    )
+    counts = _dict(obj.get("request_counts"))
+    usage = _dict(obj.get("usage"))
+    in_details = _dict(usage.get("input_tokens_details"))
+    out_details = _dict(usage.get("output_tokens_details"))
     metadata = _metadata(obj.get("metadata"))
     return {
         "status": _text(obj.get("status"), 20),
@@ -239,8 +240,9 @@ def store_batches(
         if batch.status != old_status:
             batch.status_changed_at = now
             transitions.append((batch, old_status))
-            if batch.status not in ("validating", "in_progress", "finalizing"):
-                # The cancel went through (or the batch ended): the claim has done its job.
+            if batch.status in TERMINAL_STATUSES:
+                # The batch ended: the claim has done its job. It stays through `cancelling`, so
+                # that a sync racing the cancel view knows the cancel is the dashboard's own.
                 batch.cancel_requested_by, batch.cancel_requested_at = "", None
         changed.append(batch)
     with transaction.atomic():
@@ -252,7 +254,7 @@ def store_batches(
         _sample(to_sample, now)
         for batch, old_status in transitions:
             transaction.on_commit(
-                lambda b=batch, s=old_status: batch_status_changed.send(Batch, batch=b, old_status=s)
+                partial(batch_status_changed.send, Batch, batch=batch, old_status=old_status)
             )
     return PageResult(new=len(created), known=len(existing))
 
@@ -391,8 +393,13 @@ def run_cycle(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> CycleResult:
     """One sync cycle for one account. Upstream failures are recorded and returned, not raised."""
+    if client is None:
+        with get_client(account) as own_client:
+            return run_cycle(
+                account, client=own_client, max_import_pages=max_import_pages, should_stop=should_stop
+            )
     state, _ = SyncState.objects.get_or_create(account=account.name)
-    cycle = _Cycle(account, client or get_client(account), state, should_stop)
+    cycle = _Cycle(account, client, state, should_stop)
     started = time.monotonic()
     try:
         if not state.import_complete and not state.import_after:
@@ -532,6 +539,7 @@ def _background_cycle(account: Account) -> None:
 
 def refresh_one(account: Account, batch_id: str) -> Batch | None:
     """Retrieve one batch now (after a cancel or a refusal) and store it. Raises UpstreamError."""
-    obj = get_client(account).retrieve_batch(batch_id)
+    with get_client(account) as client:
+        obj = client.retrieve_batch(batch_id)
     store_batches(account.name, [obj])
     return Batch.objects.filter(account=account.name, batch_id=batch_id).first()

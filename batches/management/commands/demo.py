@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from batches.accounts import Account, get_accounts
+from batches.auth import ensure_roles
 from batches.simulator import Simulator, SimulatorServer
 from batches.sync import sync_account
 
@@ -66,14 +67,16 @@ class Command(BaseCommand):
         user.set_password(password)
         user.is_staff = username == "alice"
         user.save()
+        ensure_roles()
         user.groups.set([Group.objects.get(name=group)])
         return password
 
     def start_simulators(self, batches: int, cancel_delay: float) -> dict[str, Account]:
         accounts = {}
         for seed, name in enumerate(("prod", "research"), start=1):
+            count = batches if name == "prod" else batches // 4
             simulator = Simulator(
-                batches=batches if name == "prod" else batches // 4,
+                batches=count,
                 seed=seed,
                 cancel_delay=cancel_delay,
                 api_keys=[DEMO_KEY],
@@ -82,7 +85,7 @@ class Command(BaseCommand):
             )
             server = SimulatorServer(simulator, host="127.0.0.1", port=0)
             server.start()
-            self.stdout.write(f"Simulated upstream '{name}': {server.url} ({batches} batches)")
+            self.stdout.write(f"Simulated upstream '{name}': {server.url} ({count} batches)")
             accounts[name] = Account(name=name, api_key=DEMO_KEY, base_url=server.url)
         return accounts
 

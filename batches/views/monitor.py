@@ -1,0 +1,217 @@
+"""Monitoring: the batch list, one batch's page, their live fragments, and file downloads.
+
+Every page is served from the mirror. A page view only nudges the sync (which returns at once);
+nothing here waits on the upstream except a download, which has to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseStopPolling
+
+from batches import progress, sync
+from batches.accounts import get_accounts
+from batches.auth import can_cancel
+from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
+from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options, tabs_and_summary
+from batches.models import TIMESTAMP_FIELDS, Batch, SyncState
+from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
+
+# The list never needs these, and `raw` (with the errors) can be large: never loaded per row.
+LIST_DEFERRED = ("raw", "errors", "metadata", "metadata_text")
+
+
+# --- sync freshness, for the banner and the "updated … ago" line -----------------------------
+
+
+@dataclass
+class AccountSync:
+    name: str
+    state: SyncState | None
+
+    @property
+    def last_success_at(self) -> Any:
+        return self.state.last_success_at if self.state else None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        # last_error is cleared by the next good cycle: when set, the mirror is stale for this reason.
+        if self.state is None or not isinstance(self.state.last_error, dict):
+            return None
+        return self.state.last_error
+
+    @property
+    def warning(self) -> str:
+        return self.state.last_warning if self.state else ""
+
+    @property
+    def importing(self) -> bool:
+        return self.state is not None and not self.state.import_complete
+
+
+def sync_status(account_names: list[str]) -> list[AccountSync]:
+    """One query for the accounts the page shows."""
+    states = {s.account: s for s in SyncState.objects.filter(account__in=account_names)}
+    return [AccountSync(name, states.get(name)) for name in account_names]
+
+
+# --- the list ---------------------------------------------------------------------------------
+
+
+@require_GET
+@viewer_required
+@vary_on_headers("HX-Request")
+def batch_list(request: HtmxHttpRequest) -> HttpResponse:
+    sync.refresh_stale_in_background()
+    accounts = sorted(get_accounts())
+    filters = BatchFilters.parse(request.GET, accounts)
+    mirror = Batch.objects.all()
+    # One row more than shown tells whether an older page exists, without a COUNT.
+    rows = list(filters.page(mirror).defer(*LIST_DEFERRED)[: PAGE_SIZE + 1])
+    batches, older = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    tabs, summary = tabs_and_summary(filters, mirror)
+    context = {
+        "filters": filters,
+        "batches": batches,
+        "tabs": tabs,
+        "summary": summary,
+        "options": filter_options(),
+        "accounts": accounts,
+        "older_query": filters.querystring(before=Cursor.after(batches[-1])) if older else "",
+        "newest_query": filters.querystring(before=None) if filters.before else "",
+        "sync_accounts": sync_status(accounts),
+        "where": "row",
+    }
+    # Tabs, pager and filter form swap only the results; a history restore needs the whole page.
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "batches/list.html#results", context)
+    return render(request, "batches/list.html", context)
+
+
+def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
+    """What `batches/list.html#row` needs; the cancel view adds cancel_error / cancel_notice."""
+    return {
+        "batch": batch,
+        "user_can_cancel": can_cancel(request.user),
+        "where": "row",
+    }
+
+
+@require_GET
+@viewer_required
+def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
+    batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
+    sync.refresh_stale_in_background([get_account_or_404(account)])
+    return _fragment(request, "batches/list.html#row", row_context(request, batch), batch)
+
+
+# --- one batch --------------------------------------------------------------------------------
+
+
+def live_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
+    """What `batches/detail.html#live` needs; the cancel view adds cancel_error / cancel_notice."""
+    now = timezone.now()
+    points = progress.load_points(batch)
+    return {
+        "batch": batch,
+        "now": now,
+        "stuck_reason": batch.get_stuck_reason(now),
+        "timeline": batch.timeline(),
+        "points": points,
+        "estimate": progress.estimate(batch, points, now),
+        "user_can_cancel": can_cancel(request.user),
+        "where": "detail",
+    }
+
+
+@require_GET
+@viewer_required
+def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
+    # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
+    batch = get_batch_or_404(account, batch_id)
+    upstream = get_account_or_404(account)
+    sync.refresh_stale_in_background([upstream])
+    context = live_context(request, batch)
+    context.update(
+        {
+            "console_url": upstream.batch_console_url(batch.batch_id),
+            "object_type": batch.raw.get("object", "") if isinstance(batch.raw, dict) else "",
+            # Pretty-printed and autoescaped in a <pre>: upstream text stays text.
+            "raw_json": json.dumps(batch.raw, indent=2, ensure_ascii=False),
+            "metadata_items": sorted((batch.metadata or {}).items()),
+            "timestamps": [(name, getattr(batch, name)) for name in TIMESTAMP_FIELDS],
+            "sync_accounts": sync_status([account]),
+        }
+    )
+    return render(request, "batches/detail.html", context)
+
+
+@require_GET
+@viewer_required
+def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
+    # The live part shows the errors but never the raw object.
+    batch = _mirrored_batch(account, batch_id, defer=("raw",))
+    sync.refresh_stale_in_background([get_account_or_404(account)])
+    return _fragment(request, "batches/detail.html#live", live_context(request, batch), batch)
+
+
+def _mirrored_batch(account: str, batch_id: str, *, defer: tuple[str, ...]) -> Batch:
+    """get_batch_or_404's checks (nothing malformed reaches a query), without the deferred fields."""
+    get_account_or_404(account)
+    if not BATCH_ID_RE.fullmatch(batch_id):
+        raise Http404("Not a batch id.")
+    try:
+        return Batch.objects.defer(*defer).get(account=account, batch_id=batch_id)
+    except Batch.DoesNotExist:
+        raise Http404("No such batch in the mirror.") from None
+
+
+def _fragment(request: HtmxHttpRequest, template: str, context: dict[str, Any], batch: Batch) -> HttpResponse:
+    """A polled fragment. At a terminal status, 286 tells htmx to stop; the fragment itself then
+    carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
+    if batch.is_terminal:
+        return HttpResponseStopPolling(render_to_string(template, context, request))
+    return render(request, template, context)
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+@require_GET
+@viewer_required
+def file_download(request: HtmxHttpRequest, account: str, batch_id: str, file_id: str) -> HttpResponse:
+    """Stream a batch's output or error file from the upstream, without keeping it here."""
+    upstream = get_account_or_404(account)
+    batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
+    try:
+        validate_file_id(file_id)
+    except InvalidIdError:
+        raise Http404("Not a file id.") from None
+    # Only this batch's own files: the dashboard is not a proxy to every file of the account.
+    kinds = {batch.output_file_id: "output", batch.error_file_id: "errors"}
+    kinds.pop("", None)
+    if file_id not in kinds:
+        raise Http404("Not a file of this batch.")
+    try:
+        content = sync.get_client(upstream).open_file_content(file_id)
+    except UpstreamError as exc:
+        context = {"batch": batch, "file_id": file_id, "kind": kinds[file_id], "error": exc}
+        status = 404 if exc.kind == "not_found" else 502
+        return render(request, "batches/_download_error.html", context, status=status)
+    # Handing over the FileContent itself (it iterates in 64 KiB chunks and has close()) makes the
+    # response close it, and with it the upstream connection, when done or when the client goes away
+    # (a generator that never started would not run its cleanup).
+    response = StreamingHttpResponse(content, content_type="application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{batch.batch_id}-{kinds[file_id]}.jsonl"'
+    if content.content_length is not None:
+        response["Content-Length"] = str(content.content_length)
+    return response

@@ -1,0 +1,248 @@
+"""Live fragments: polling while a batch runs, 286 and no trigger once it ends; the freshness line
+and the stale-mirror banner with the upstream's own words."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+
+import pytest
+from django.template.loader import render_to_string
+from django.test import RequestFactory
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import strip_tags
+
+from batches.accounts import Account
+from batches.models import Batch, SyncState
+from batches.sync import run_cycle, store_batches
+from batches.views.monitor import live_context, row_context
+from tests.factories import batch_json, offline_account
+
+ACTIVE = ["validating", "in_progress", "finalizing", "cancelling"]
+TERMINAL = ["completed", "failed", "expired", "cancelled"]
+
+
+@pytest.fixture(autouse=True)
+def offline(settings):  # type: ignore[no-untyped-def]
+    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account()}
+    settings.POLL_INTERVAL = 7
+
+
+def fragment_urls(obj: dict) -> list[str]:
+    return [reverse(name, args=["sim", obj["id"]]) for name in ("batch_row", "batch_live")]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ACTIVE)
+def test_running_batches_keep_polling(bob_client, status):
+    obj = batch_json(status)
+    store_batches("sim", [obj])
+
+    for url in fragment_urls(obj):
+        response = bob_client.get(url, headers={"HX-Request": "true"})
+        body = response.content.decode()
+        assert response.status_code == 200
+        assert f'hx-get="{url}" hx-trigger="every 7s" hx-swap="outerHTML" data-poll' in body
+        assert "<html" not in body
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", TERMINAL)
+def test_ended_batches_stop_polling_with_286_and_no_trigger(bob_client, status):
+    obj = batch_json(status)
+    store_batches("sim", [obj])
+
+    for url in fragment_urls(obj):
+        response = bob_client.get(url, headers={"HX-Request": "true"})
+        body = response.content.decode()
+        assert response.status_code == 286
+        assert "hx-trigger" not in body
+        assert "data-poll" not in body
+        assert f'<span class="badge status-{status}">{status}</span>' in body
+
+
+@pytest.mark.django_db
+def test_the_list_polls_only_the_rows_that_can_change(bob_client):
+    running, done = batch_json("in_progress"), batch_json("completed")
+    store_batches("sim", [running, done])
+    rows = {b.batch_id: b.pk for b in Batch.objects.all()}
+
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert f'<tr id="batch-row-{rows[running["id"]]}" hx-get=' in page
+    assert f'<tr id="batch-row-{rows[done["id"]]}">' in page
+
+
+@pytest.mark.django_db
+def test_a_row_turns_terminal_between_two_polls(bob_client):
+    obj = batch_json("in_progress")
+    store_batches("sim", [obj])
+    url = reverse("batch_row", args=["sim", obj["id"]])
+    assert bob_client.get(url).status_code == 200
+
+    store_batches("sim", [batch_json("completed", id=obj["id"], created_at=obj["created_at"])])
+    response = bob_client.get(url)
+
+    assert response.status_code == 286
+    assert "hx-trigger" not in response.content.decode()
+    assert "100/100" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_row_fragment_stays_small(alice_client):
+    obj = batch_json("in_progress", metadata={"description": "Classify inbound tickets, weekly run 12"})
+    store_batches("sim", [obj])
+
+    response = alice_client.get(reverse("batch_row", args=["sim", obj["id"]]))
+
+    assert "Cancel</button>" in response.content.decode()  # the operator's, the larger row
+    assert len(response.content) <= 2048
+
+
+@pytest.mark.django_db
+def test_row_and_live_contexts_render_the_same_partials_for_other_views(bob):
+    obj = batch_json("in_progress")
+    store_batches("sim", [obj])
+    batch = Batch.objects.get()
+    request = RequestFactory().get("/")
+    request.user = bob
+
+    row = render_to_string("batches/list.html#row", row_context(request, batch), request)
+    live = render_to_string("batches/detail.html#live", live_context(request, batch), request)
+
+    assert row.lstrip().startswith(f'<tr id="batch-row-{batch.pk}"')
+    assert live.lstrip().startswith('<section id="batch-live"')
+    assert row_context(request, batch)["where"] == "row"
+    assert live_context(request, batch)["where"] == "detail"
+
+
+# --- freshness and the stale banner -------------------------------------------------------------
+
+
+def text(page: str) -> str:
+    """What a reader sees: tags gone, whitespace collapsed."""
+    return " ".join(html.unescape(strip_tags(page)).split())
+
+
+def failing_state(**overrides) -> SyncState:  # type: ignore[no-untyped-def]
+    error = {
+        "account": "sim",
+        "kind": "auth",
+        "status": 401,
+        "title": "Authentication failed",
+        "message": "Incorrect API key provided: sk-abc***xyz.",
+        "request_id": "req_7f3a9c",
+        "error_type": "invalid_request_error",
+        "code": "invalid_api_key",
+        "param": None,
+        "retry_after": None,
+    }
+    fields = {
+        "account": "sim",
+        "last_success_at": timezone.now() - dt.timedelta(minutes=20),
+        "last_attempt_at": timezone.now(),
+        "consecutive_failures": 3,
+        "last_error": error,
+        "last_error_at": timezone.now(),
+        "import_complete": True,
+    }
+    fields.update(overrides)
+    return SyncState.objects.create(**fields)
+
+
+@pytest.mark.django_db
+def test_stale_banner_says_why_and_keeps_the_last_good_data(bob_client):
+    obj = batch_json("in_progress")
+    store_batches("sim", [obj])
+    failing_state()
+
+    for url in (reverse("batch_list"), reverse("batch_detail", args=["sim", obj["id"]])):
+        page = bob_client.get(url).content.decode()
+        assert (
+            "Authentication failed for account 'sim' (HTTP 401, request id req_7f3a9c): "
+            "Incorrect API key provided: sk-abc***xyz. Showing data from"
+        ) in text(page)
+        assert "(20 min ago)" in text(page)
+        assert obj["id"] in page
+
+
+@pytest.mark.django_db
+def test_stale_banner_escapes_the_upstream_message(bob_client):
+    state = failing_state()
+    state.last_error = {**state.last_error, "message": "<script>alert(1)</script>", "request_id": "<b>x</b>"}
+    state.save()
+
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert "<script>alert(1)" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.django_db
+def test_shows_when_the_data_was_last_refreshed(bob_client):
+    SyncState.objects.create(
+        account="sim", last_success_at=timezone.now() - dt.timedelta(seconds=12), import_complete=True
+    )
+
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert "sim: updated <time" in page
+    assert "12 s ago</time>" in page or "13 s ago</time>" in page
+    assert "banner-error" not in page
+
+
+@pytest.mark.django_db
+def test_a_never_synced_account_says_so(bob_client):
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert "sim: not synced yet" in page
+
+
+@pytest.mark.django_db
+def test_warning_and_import_progress_banners(bob_client):
+    SyncState.objects.create(
+        account="sim",
+        last_success_at=timezone.now(),
+        last_warning="The upstream sent an empty list page that claims more batches: "
+        "the listing was cut short.",
+        import_complete=False,
+        imported=1234,
+    )
+
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert "the listing was cut short" in page
+    assert "importing: 1,234 batches so far" in page
+
+
+@pytest.mark.django_db
+def test_a_real_authentication_failure_reaches_the_banner(bob_client, simulator, sim_server, settings):
+    wrong = Account(name="sim", api_key="sk-wrong-key-abcdef123456", base_url=sim_server.url)
+    settings.UPSTREAM_ACCOUNTS = {"sim": wrong}
+    settings.UPSTREAM_MAX_RETRIES = 0
+
+    result = run_cycle(wrong)
+    page = bob_client.get(reverse("batch_list")).content.decode()
+
+    assert result.error is not None and result.error.request_id
+    assert (
+        f"Authentication failed for account 'sim' (HTTP 401, request id {result.error.request_id}):"
+        in text(page)
+    )
+    assert result.error.request_id in page
+    assert "sk-wrong-key-abcdef123456" not in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["batch_row", "batch_live"])
+def test_access(client, charlie_client, bob_client, alice_client, name):
+    obj = batch_json("in_progress")
+    store_batches("sim", [obj])
+    url = reverse(name, args=["sim", obj["id"]])
+
+    anonymous = client.get(url)
+    assert anonymous.status_code == 302 and reverse("login") in anonymous["Location"]
+    assert charlie_client.get(url).status_code == 403
+    assert bob_client.get(url).status_code == 200
+    assert alice_client.get(url).status_code == 200

@@ -45,7 +45,6 @@ log = logging.getLogger("batches.sync")
 # Sent after commit for every mirrored batch whose status changed: (batch, old_status).
 batch_status_changed = Signal()
 
-LEASE_SECONDS = 300
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 UPDATE_FIELDS = [
@@ -298,8 +297,14 @@ class Interrupted(Exception):
 
 class _Cycle:
     def __init__(
-        self, account: Account, client: UpstreamClient, state: SyncState, should_stop: Callable[[], bool]
+        self,
+        account: Account,
+        client: UpstreamClient,
+        state: SyncState,
+        should_stop: Callable[[], bool],
+        owner: str = "",
     ) -> None:
+        self.owner = owner
         self.account = account
         self.client = client
         self.state = state
@@ -308,21 +313,38 @@ class _Cycle:
         self.seen: set[str] = set()
         self.result = CycleResult(account=account.name)
 
-    def fetch(self, after: str | None) -> tuple[list[dict[str, Any]], bool, int]:
-        """One list page, stored. Returns the page's batches, has_more, and how many were new."""
-        if self.should_stop():
-            raise Interrupted
+    def fetch(
+        self, after: str | None, then: Callable[[list[dict[str, Any]], bool, int], None] | None = None
+    ) -> tuple[list[dict[str, Any]], bool, int]:
+        """One list page, stored (and `then` run in the same transaction).
+
+        Returns the page's batches, has_more, and how many were new.
+        """
+        self.before_request()
         page = self.client.list_batches(after=after, limit=self.size)
-        self.result.requests += 1
         self.result.list_pages += 1
         if not page.data and page.has_more:
             self.result.warnings.append(
                 "The upstream sent an empty list page that claims more batches: the listing was cut short."
             )
-        stored = store_batches(self.account.name, page.data)
+        with transaction.atomic():
+            stored = store_batches(self.account.name, page.data)
+            if then is not None:
+                then(page.data, page.has_more, stored.new)
         self.result.new += stored.new
         self.seen.update(o["id"] for o in page.data)
         return page.data, page.has_more, stored.new
+
+    def before_request(self) -> None:
+        if self.should_stop():
+            raise Interrupted
+        if self.owner:
+            # Renew the lease: it runs out only when its holder has died.
+            SyncState.objects.filter(account=self.account.name, running_owner=self.owner).update(
+                running_since=timezone.now()
+            )
+        # Counted before the request: a failed request costs the upstream all the same.
+        self.result.requests += 1
 
     def top_pass(self) -> None:
         """Newest first, until the pages reach batches the mirror already has."""
@@ -339,15 +361,19 @@ class _Cycle:
     def import_pass(self, after: str | None, max_pages: int | None) -> None:
         """The first import, newest to oldest, resumable from the cursor saved after each page."""
         state = self.state
-        pages = 0
-        while True:
-            data, has_more, new = self.fetch(after)
+
+        def save_cursor(data: list[dict[str, Any]], has_more: bool, new: int) -> None:
+            # In the page's own transaction: a crash cannot keep the page and lose its cursor.
             if data:
                 state.import_after = data[-1]["id"]
                 state.imported += new
             if not has_more:
                 state.import_complete, state.import_after = True, ""
             state.save(update_fields=["import_after", "imported", "import_complete"])
+
+        pages = 0
+        while True:
+            data, has_more, _ = self.fetch(after, then=save_cursor)
             pages += 1
             # An empty page that claims more has no cursor to follow: the next cycle resumes.
             if not has_more or not data or (max_pages is not None and pages >= max_pages):
@@ -370,17 +396,14 @@ class _Cycle:
     def refresh_unreached(self) -> None:
         active = Batch.objects.filter(account=self.account.name).exclude(status__in=TERMINAL_STATUSES)
         for batch_id in sorted(set(active.values_list("batch_id", flat=True)) - self.seen):
-            if self.should_stop():
-                raise Interrupted
+            self.before_request()
             try:
                 obj = self.client.retrieve_batch(batch_id)
             except UpstreamError as exc:
                 if exc.kind != "not_found":
                     raise
-                self.result.requests += 1
                 self.result.warnings.append(f"{batch_id} is no longer found upstream.")
                 continue
-            self.result.requests += 1
             self.result.retrieved += 1
             store_batches(self.account.name, [obj])
 
@@ -391,15 +414,23 @@ def run_cycle(
     client: UpstreamClient | None = None,
     max_import_pages: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    owner: str = "",
 ) -> CycleResult:
-    """One sync cycle for one account. Upstream failures are recorded and returned, not raised."""
+    """One sync cycle for one account. Upstream failures are recorded and returned, not raised.
+
+    `owner` is the lease holder (see sync_account), renewed before every request.
+    """
     if client is None:
         with get_client(account) as own_client:
             return run_cycle(
-                account, client=own_client, max_import_pages=max_import_pages, should_stop=should_stop
+                account,
+                client=own_client,
+                max_import_pages=max_import_pages,
+                should_stop=should_stop,
+                owner=owner,
             )
     state, _ = SyncState.objects.get_or_create(account=account.name)
-    cycle = _Cycle(account, client, state, should_stop)
+    cycle = _Cycle(account, client, state, should_stop, owner)
     started = time.monotonic()
     try:
         if not state.import_complete and not state.import_after:
@@ -452,10 +483,38 @@ def _record(state: SyncState, result: CycleResult, seconds: float) -> None:
         state.consecutive_failures = 0
         state.last_error = None
         state.next_attempt_at = None
-    state.save()
+    # Not the lease fields: they belong to claim() and release().
+    state.save(
+        update_fields=[
+            "last_attempt_at", "last_cycle_requests", "last_cycle_seconds", "last_warning",
+            "consecutive_failures", "last_error", "last_error_at", "next_attempt_at", "last_success_at",
+        ]
+    )  # fmt: skip
 
 
 # --- Who runs a cycle: the lease ------------------------------------------------------------
+
+
+def lease_seconds() -> float:
+    """A lease outlives the longest single upstream request (every retry at full timeouts); the
+    holder renews it before each request, so only a holder that died lets it run out."""
+    attempt = settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT
+    return attempt * (settings.UPSTREAM_MAX_RETRIES + 1) + 60
+
+
+def _dead_here(owner: str) -> bool:
+    """The lease belongs to a process on this host that no longer exists (killed mid-cycle)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != os.uname().nodename or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _owner() -> str:
@@ -464,9 +523,11 @@ def _owner() -> str:
 
 def claim(account_name: str, owner: str, *, only_if_stale: bool) -> bool:
     """Take the account's refresh lease with one conditional UPDATE; True for the one winner."""
-    SyncState.objects.get_or_create(account=account_name)
+    state, _ = SyncState.objects.get_or_create(account=account_name)
     now = timezone.now()
-    free = Q(running_since__isnull=True) | Q(running_since__lt=now - dt.timedelta(seconds=LEASE_SECONDS))
+    free = Q(running_since__isnull=True) | Q(running_since__lt=now - dt.timedelta(seconds=lease_seconds()))
+    if state.running_owner and _dead_here(state.running_owner):
+        free |= Q(running_owner=state.running_owner)
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     rows = SyncState.objects.filter(free, due, account=account_name)
     if only_if_stale:
@@ -493,7 +554,7 @@ def sync_account(
     if not claim(account.name, owner, only_if_stale=only_if_stale):
         return None
     try:
-        return run_cycle(account, max_import_pages=max_import_pages, should_stop=should_stop)
+        return run_cycle(account, max_import_pages=max_import_pages, should_stop=should_stop, owner=owner)
     finally:
         release(account.name, owner)
 
@@ -521,7 +582,7 @@ def _is_fresh(account_name: str) -> bool:
         return False
     now = timezone.now()
     running = state.running_since is not None and now - state.running_since < dt.timedelta(
-        seconds=LEASE_SECONDS
+        seconds=lease_seconds()
     )
     return running or now - state.last_attempt_at < dt.timedelta(seconds=settings.REFRESH_INTERVAL)
 

@@ -37,7 +37,9 @@ def make_sim_server() -> Iterator[MakeSimServer]:
     def make(*, simulator: Simulator | None = None, verbose: bool = False, **kwargs: Any) -> SimulatorServer:
         if simulator is not None and kwargs:
             raise TypeError("pass either simulator= or Simulator keyword arguments, not both")
-        server = SimulatorServer(simulator or Simulator(**kwargs), verbose=verbose).start()
+        # `is None`, not `or`: a simulator with no batches is falsy (it has a length).
+        world = simulator if simulator is not None else Simulator(**kwargs)
+        server = SimulatorServer(world, verbose=verbose).start()
         servers.append(server)
         return server
 

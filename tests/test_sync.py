@@ -12,10 +12,17 @@ from django.utils import timezone
 
 from batches.accounts import Account
 from batches.models import TERMINAL_STATUSES, Batch, BatchSample, SyncState
-from batches.simulator import Fault
+from batches.simulator import Fault, SimClock
 from batches.sync import run_cycle, sync_account
 
 PAGE = 100
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(sim_clock):  # type: ignore[no-untyped-def]
+    """Simulated time moves only when a test advances it, so a slow machine cannot race the asserts."""
+    sim_clock.freeze()
+    return sim_clock
 
 
 def list_requests(simulator) -> int:  # type: ignore[no-untyped-def]
@@ -137,7 +144,9 @@ def test_progress_is_sampled_only_when_the_counts_move(simulator, sim_clock, sim
 
 @pytest.mark.django_db
 def test_import_of_ten_thousand_batches_can_be_interrupted_and_resumed(make_sim_server, settings):
-    server = make_sim_server(batches=10_000, seed=3)
+    clock = SimClock()
+    clock.freeze()
+    server = make_sim_server(batches=10_000, seed=3, clock=clock)
     simulator = server.simulator
     account = Account(name="big", api_key="sk-sim-local", base_url=server.url)
     settings.UPSTREAM_ACCOUNTS = {"big": account}

@@ -13,13 +13,13 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from batches.accounts import get_accounts
 from batches.models import SyncState
 
 
-@require_GET
+@require_safe  # GET, and HEAD for load balancers that check with it
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     try:

@@ -1,0 +1,261 @@
+"""The dashboard in a real browser (Debian's Chromium through pytest-playwright), against live_server
+and a live simulated upstream: cancel from the list, the viewer's view, the dialog across polls,
+polling that stops at a terminal status, and pages free of console errors and CSP violations.
+
+Screenshots go to test-results/screenshots/ (see tests/browser_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from django.urls import reverse
+from playwright.sync_api import Page, expect
+
+from batches.models import AuditEntry, Batch
+from batches.simulator import SimClock, Simulator
+from batches.sync import run_cycle
+from tests.browser_fixtures import login, wait_for_htmx
+
+# migrated_data: the permissions the role groups need, even after a test that flushed them away.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("migrated_data"),
+]
+
+# Simulated seconds from an accepted cancel to `cancelled`. The tests move the simulator's clock past
+# it rather than wait, so `cancelling` stays on screen for as long as the test looks at it.
+CANCEL_DELAY = 30
+WAIT = 15_000  # ms: generous, for a loaded CI machine
+CANCEL_UPSTREAM = "POST /batches/{id}/cancel"
+ANY = re.compile(".*")
+
+
+@pytest.fixture
+def simulator(sim_clock: SimClock) -> Simulator:
+    """A small world (one list page per sync) on the test's clock."""
+    return Simulator(batches=30, seed=11, clock=sim_clock, cancel_delay=CANCEL_DELAY)
+
+
+@pytest.fixture
+def running(simulator, fresh_mirror) -> Batch:  # type: ignore[no-untyped-def]
+    """A known in-progress batch with an hour to go, already in the mirror."""
+    obj = simulator.create_batch(status="in_progress", total=5000, in_progress_seconds=3600)
+    assert run_cycle(fresh_mirror).ok
+    return Batch.objects.get(account="sim", batch_id=obj["id"])
+
+
+def fragment_path(batch: Batch, name: str) -> str:
+    return reverse(name, args=[batch.account, batch.batch_id])
+
+
+def count_requests(page: Page, path: str, seconds: float) -> list[str]:
+    """The requests the page sends to `path` during the next `seconds`."""
+    seen: list[str] = []
+
+    def on_request(request) -> None:  # type: ignore[no-untyped-def]
+        if request.url.endswith(path):
+            seen.append(request.url)
+
+    page.on("request", on_request)
+    page.wait_for_timeout(seconds * 1000)
+    page.remove_listener("request", on_request)
+    return seen
+
+
+def wait_for_responses(page: Page, path: str, count: int) -> None:
+    """Until the page has received `count` more responses from `path` (polls, at POLL_INTERVAL)."""
+    for _ in range(count):
+        with page.expect_response(lambda r: r.url.endswith(path), timeout=WAIT):
+            pass
+
+
+def main_frame_navigations(page: Page) -> list[str]:
+    """From now on, every navigation of the page itself (a reload would show up here)."""
+    seen: list[str] = []
+    page.on("framenavigated", lambda frame: seen.append(frame.url) if frame == page.main_frame else None)
+    return seen
+
+
+def test_operator_cancels_a_batch_from_the_list(
+    page: Page, live_server, alice, running, simulator, sim_clock, screenshot
+):  # type: ignore[no-untyped-def]
+    reason = "Wrong prompt template <b>v2</b>: rerun tomorrow"
+    login(page, live_server, "alice", "alice-password-1")
+    row = page.locator(f"#batch-row-{running.pk}")
+    expect(row.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
+    expect(page.locator(".who")).to_contain_text("alice · operator")
+    wait_for_htmx(page)
+    screenshot("list")
+
+    navigations = main_frame_navigations(page)
+    page.evaluate("window.__marker = 1")
+    row.get_by_role("button", name="Cancel", exact=True).click()
+    dialog = page.locator("#cancel-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("[data-cancel-batch-id]")).to_have_text(running.batch_id)
+    dialog.get_by_label("Reason").fill(reason)
+    expect(dialog.locator("[data-cancel-count]")).to_have_text(str(len(reason)))
+    screenshot("dialog-open")
+    assert simulator.stats().get(CANCEL_UPSTREAM, 0) == 0
+
+    dialog.get_by_role("button", name="Cancel batch").click()
+    expect(dialog).to_be_hidden(timeout=WAIT)
+    expect(row.locator(".badge")).to_have_text("cancelling", timeout=WAIT)
+    expect(row.locator(".cancel-notice")).to_contain_text("Cancel accepted")
+    expect(row.get_by_role("button", name="Cancel", exact=True)).to_have_count(0)
+    assert page.evaluate("window.__marker") == 1
+    screenshot("cancelling")
+
+    # The upstream finishes the cancel; the row's own polling (and the on-demand sync) shows it.
+    sim_clock.advance(CANCEL_DELAY + 1)
+    expect(row.locator(".badge")).to_have_text("cancelled", timeout=WAIT)
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded"
+    assert navigations == [], f"the page navigated: {navigations}"
+    # The terminal fragment came with 286 and carries no trigger: the row polls no more.
+    expect(row).not_to_have_attribute("hx-trigger", ANY)
+    polls = count_requests(page, fragment_path(running, "batch_row"), seconds=3)
+    assert len(polls) <= 1, f"the cancelled row still polls: {polls}"
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    screenshot("cancelled")
+    assert simulator.stats().get(CANCEL_UPSTREAM, 0) == 1
+
+    page.get_by_role("navigation").get_by_role("link", name="Audit").click()
+    page.wait_for_url("**/audit/")
+    entry = page.locator("tr.audit-entry.event-cancel", has_text=running.batch_id)
+    expect(entry).to_have_count(1)
+    expect(entry.locator("td").nth(1)).to_contain_text("alice")
+    expect(entry.get_by_role("link", name=running.batch_id)).to_be_visible()
+    expect(entry.locator("td.reason")).to_have_text(reason)  # as text: the markup is escaped
+    expect(entry.locator(".outcome")).to_have_text("Accepted")
+    screenshot("audit")
+
+    stored = AuditEntry.objects.get(event="cancel")
+    assert (stored.actor_username, stored.batch_id, stored.reason, stored.outcome) == (
+        "alice",
+        running.batch_id,
+        reason,
+        "accepted",
+    )
+
+
+def test_viewer_sees_no_cancel_button(page: Page, live_server, bob, running, screenshot):  # type: ignore[no-untyped-def]
+    login(page, live_server, "bob", "bob-password-1")
+    expect(page.locator(".who")).to_contain_text("bob · viewer")
+    row = page.locator(f"#batch-row-{running.pk}")
+    expect(row.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
+    assert page.locator("tr[id^='batch-row-']").count() > 1
+    # A polled re-render of the row must not bring the button either.
+    wait_for_responses(page, fragment_path(running, "batch_row"), 1)
+    wait_for_htmx(page)
+    expect(page.locator("[data-cancel-url]")).to_have_count(0)
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    expect(page.locator("#cancel-dialog")).to_have_count(0)
+    screenshot("list")
+
+    page.goto(live_server.url + fragment_path(running, "batch_detail"))
+    live = page.locator("#batch-live")
+    expect(live.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
+    wait_for_responses(page, fragment_path(running, "batch_live"), 1)
+    wait_for_htmx(page)
+    expect(page.locator("[data-cancel-url]")).to_have_count(0)
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    expect(page.locator("#cancel-dialog")).to_have_count(0)
+    screenshot("detail")
+
+
+def test_cancel_dialog_survives_polling(page: Page, live_server, alice, running, simulator, screenshot):  # type: ignore[no-untyped-def]
+    login(page, live_server, "alice", "alice-password-1")
+    row = page.locator(f"#batch-row-{running.pk}")
+    expect(row.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
+    row_path = fragment_path(running, "batch_row")
+    swaps: list[int] = []
+    page.on("response", lambda r: swaps.append(r.status) if r.url.endswith(row_path) else None)
+
+    row.get_by_role("button", name="Cancel", exact=True).click()
+    dialog = page.locator("#cancel-dialog")
+    expect(dialog).to_be_visible()
+    reason = dialog.get_by_label("Reason")
+    reason.fill("half a sentence, still typ")
+    # 2.5 s with POLL_INTERVAL 1 s, and at least two re-renders of the row behind the dialog.
+    started = time.monotonic()
+    polls_before = len(swaps)
+    wait_for_responses(page, row_path, 2)
+    page.wait_for_timeout(max(0.0, 2.5 - (time.monotonic() - started)) * 1000)
+    assert len(swaps) - polls_before >= 2, swaps
+    expect(dialog).to_be_visible()
+    assert dialog.evaluate("d => d.open") is True
+    expect(reason).to_have_value("half a sentence, still typ")
+    expect(reason).to_be_focused()
+    expect(dialog.locator("[data-cancel-batch-id]")).to_have_text(running.batch_id)
+    screenshot("dialog-after-polls")
+
+    dialog.get_by_role("button", name="Keep running").click()
+    expect(dialog).to_be_hidden()
+    wait_for_htmx(page)
+    expect(row.locator(".badge")).to_have_text("in_progress")
+    expect(row.get_by_role("button", name="Cancel", exact=True)).to_be_visible()
+    assert simulator.stats().get(CANCEL_UPSTREAM, 0) == 0
+    assert not AuditEntry.objects.exists()
+
+
+def test_detail_page_polls_until_the_batch_ends(
+    page: Page, live_server, bob, simulator, sim_clock, fresh_mirror, screenshot
+):  # type: ignore[no-untyped-def]
+    obj = simulator.create_batch(
+        status="in_progress", total=200, in_progress_seconds=30, finalizing_seconds=10
+    )
+    assert run_cycle(fresh_mirror).ok
+    batch = Batch.objects.get(account="sim", batch_id=obj["id"])
+    login(page, live_server, "bob", "bob-password-1")
+    page.goto(live_server.url + fragment_path(batch, "batch_detail"))
+    live = page.locator("#batch-live")
+    badge = live.locator(".badge")
+    expect(badge).to_have_text("in_progress", timeout=WAIT)
+    navigations = main_frame_navigations(page)
+    page.evaluate("window.__marker = 1")
+
+    # Simulated time jumps ahead (the batch would take 40 s); the page follows on its own.
+    sim_clock.advance(31)
+    expect(badge).to_have_text("finalizing", timeout=WAIT)
+    sim_clock.advance(11)
+    expect(badge).to_have_text("completed", timeout=WAIT)
+    expect(live).to_contain_text("200 total")
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded"
+    assert navigations == [], f"the page navigated: {navigations}"
+
+    expect(live).not_to_have_attribute("hx-trigger", ANY)
+    polls = count_requests(page, fragment_path(batch, "batch_live"), seconds=3)
+    assert len(polls) <= 1, f"the ended batch's page still polls: {polls}"
+    expect(badge).to_have_text("completed")
+    screenshot("completed")
+
+
+def test_pages_have_no_console_errors_or_csp_violations(
+    page: Page, live_server, alice, running, page_problems
+):  # type: ignore[no-untyped-def]
+    login(page, live_server, "alice", "alice-password-1")
+    # htmx and app.js are allowed to run (a CSP mistake would block them).
+    assert page.evaluate("typeof window.htmx") == "object"
+
+    # The list, through two row polls and the dialog's open and close.
+    wait_for_responses(page, fragment_path(running, "batch_row"), 2)
+    page.locator(f"#batch-row-{running.pk}").get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.locator("#cancel-dialog")).to_be_visible()
+    page.locator("#cancel-dialog").get_by_role("button", name="Keep running").click()
+    expect(page.locator("#cancel-dialog")).to_be_hidden()
+    wait_for_htmx(page)
+    assert page_problems.collect() == []
+
+    # The detail page, through two polls of its live part.
+    page.goto(live_server.url + fragment_path(running, "batch_detail"))
+    wait_for_responses(page, fragment_path(running, "batch_live"), 2)
+    wait_for_htmx(page)
+    assert page_problems.collect() == []
+
+    page.goto(live_server.url + reverse("audit_list"))
+    expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
+    assert page_problems.collect() == []

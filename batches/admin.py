@@ -11,6 +11,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from batches import operator_admin  # noqa: F401  (registers the API token and model price admins)
 from batches.models import AuditEntry, Batch, SyncState
 
 
@@ -65,3 +66,7 @@ class SyncStateAdmin(ReadOnlyAdmin):
         "account", "last_success_at", "last_attempt_at", "consecutive_failures",
         "import_complete", "imported",
     )  # fmt: skip
+
+
+# The outgoing webhooks and their deliveries (superusers only): batches/webhook_admin.py.
+from batches import webhook_admin  # noqa: E402, F401

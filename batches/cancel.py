@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import formats, timezone
 
 from batches import audit, sync
@@ -27,6 +28,9 @@ log = logging.getLogger("batches.cancel")
 
 Event = AuditEntry.Event
 Outcome = AuditEntry.Outcome
+
+# Sent after commit when the upstream accepted a dashboard cancel: (entry=AuditEntry, batch=Batch).
+cancel_requested = Signal()
 
 
 @dataclass
@@ -108,7 +112,7 @@ def request_cancel(
         raise
 
     # The stored status and the ACCEPTED entry commit together: a concurrent request that finds
-    # the claim gone (store_batches clears it once the batch is `cancelling`) finds this entry.
+    # the claim gone (store_batches clears it once the batch is terminal) finds this entry.
     with transaction.atomic():
         sync.store_batches(account.name, [obj])
         entry = audit.append(
@@ -120,6 +124,7 @@ def request_cancel(
             **where,
         )
     batch.refresh_from_db()
+    transaction.on_commit(lambda: cancel_requested.send(Batch, entry=entry, batch=batch))
     log.info("cancel account=%s batch=%s by=%s accepted", account.name, batch.batch_id, username)
     return CancelOutcome(entry=entry, batch=batch)
 
@@ -129,7 +134,7 @@ def _lost(batch: Batch, who: dict[str, Any], where: dict[str, Any]) -> CancelOut
     batch.refresh_from_db()
     by, at = batch.cancel_requested_by, batch.cancel_requested_at
     if at is None and batch.status == "cancelling":
-        # The winner's cancel already went through (which cleared the claim): name them from the trail.
+        # The winner's cancel already went through (and the claim is gone): name them from the trail.
         accepted = (
             AuditEntry.objects.filter(event=Event.CANCEL, outcome=Outcome.ACCEPTED, **where)
             .order_by("-seq")

@@ -89,10 +89,13 @@ class BatchFilters:
     q: str = ""
     before: Cursor | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # (parameter, why) for each dropped value: for callers that refuse them instead (the JSON API).
+    problems: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @classmethod
     def parse(cls, params: Mapping[str, Any], accounts: Iterable[str]) -> BatchFilters:
         notes: list[str] = []
+        problems: list[tuple[str, str]] = []
 
         def text(name: str) -> str:
             value = params.get(name)
@@ -101,6 +104,7 @@ class BatchFilters:
         def ignore(name: str, value: str, why: str) -> None:
             shown = value if len(value) <= MAX_SHOWN_CHARS else value[:MAX_SHOWN_CHARS] + "…"
             notes.append(f"Ignored the filter {name}={shown}: {why}")
+            problems.append((name, why))
 
         values: dict[str, Any] = {}
         account = text("account")
@@ -149,7 +153,7 @@ class BatchFilters:
                 ignore("before", before, "not a page cursor")
             else:
                 values["before"] = cursor
-        return cls(notes=tuple(notes), **values)
+        return cls(notes=tuple(notes), problems=tuple(problems), **values)
 
     # --- queries ---
 
@@ -301,4 +305,5 @@ def filter_options() -> dict[str, list[str]]:
             endpoints.add(endpoint)
         return {"models": sorted(models - {""}), "endpoints": sorted(endpoints - {""})}
 
-    return cache.get_or_set(OPTIONS_CACHE_KEY, load, OPTIONS_CACHE_SECONDS)
+    options = cache.get_or_set(OPTIONS_CACHE_KEY, load, OPTIONS_CACHE_SECONDS)
+    return options if options is not None else load()

@@ -335,3 +335,174 @@ class AuditHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit head after {self.count} entries"
+
+
+# --- Outgoing webhooks ----------------------------------------------------------------------------
+
+WEBHOOK_EVENT_TERMINAL = "batch.terminal"
+WEBHOOK_EVENT_CANCEL = "batch.cancel_requested"
+WEBHOOK_EVENT_TEST = "webhook.test"
+WEBHOOK_EVENTS = (
+    (WEBHOOK_EVENT_TERMINAL, "A batch reached a terminal state (completed, failed, expired, cancelled)"),
+    (WEBHOOK_EVENT_CANCEL, "A cancel from the dashboard was accepted"),
+)
+
+
+def default_webhook_events() -> list[str]:
+    return [event for event, _ in WEBHOOK_EVENTS]
+
+
+class Webhook(models.Model):
+    """Where to tell about batch events of one account (or of every account: "*").
+
+    Sent by batches.webhooks: the events only queue a WebhookDelivery, a delivery loop sends it.
+    """
+
+    class Kind(models.TextChoices):
+        GENERIC = "generic", "Generic JSON (signed with the secret)"
+        SLACK = "slack", "Slack-compatible"
+
+    account = models.CharField(
+        max_length=40, help_text='A configured account name, or "*" for every account.'
+    )
+    url = models.URLField(max_length=2000, help_text="http(s) only; private addresses are refused.")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.GENERIC)
+    events = models.JSONField(default=default_webhook_events)
+    enabled = models.BooleanField(default=True)
+    secret = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Signs the body: header X-Batch-Dashboard-Signature: sha256=<HMAC-SHA256 hex>.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["account", "id"]
+
+    def __str__(self) -> str:
+        # Never the whole URL: a Slack webhook's path is its credential.
+        return f"{self.kind} webhook #{self.pk} for {self.account} → {self.host}"
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            return urlsplit(self.url).hostname or "?"
+        except ValueError:
+            return "?"
+
+    def wants(self, event: str) -> bool:
+        return isinstance(self.events, list) and event in self.events
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from batches.webhook_url import validate_webhook_url
+
+        errors: dict[str, Any] = {}
+        if self.account != "*" and self.account not in settings.UPSTREAM_ACCOUNTS:
+            known = ", ".join(sorted(settings.UPSTREAM_ACCOUNTS)) or "none"
+            errors["account"] = f'Not a configured account (configured: {known}); "*" means every account.'
+        known_events = {event for event, _ in WEBHOOK_EVENTS}
+        if not isinstance(self.events, list) or not self.events or not set(self.events) <= known_events:
+            errors["events"] = "Choose at least one of the known events."
+        if self.url:
+            try:
+                validate_webhook_url(self.url)
+            except ValidationError as exc:
+                errors["url"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+
+
+class WebhookDelivery(models.Model):
+    """One event for one webhook: queued by the event, sent (and retried) by the delivery loop."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40)
+    payload = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # The claim of the loop that is sending it: a claim whose lease ran out may be taken over.
+    locked_by = models.CharField(max_length=100, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.IntegerField(null=True, blank=True)
+    last_response = models.TextField(blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhook_delivery_due")]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"delivery #{self.pk} {self.event} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A personal token for the read-only JSON API. Shown once at creation; only its hash is kept."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    # The token's first characters, to recognise it in lists (never enough to use it).
+    prefix = models.CharField(max_length=8)
+    # SHA-256 (hex) of the whole token: what a request's token is looked up by.
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class ModelPrice(models.Model):
+    """List prices of one model in USD per million tokens, for the cost estimates."""
+
+    model = models.CharField(max_length=200, unique=True)
+    input = models.DecimalField("input $/1M", max_digits=12, decimal_places=6)
+    cached_input = models.DecimalField("cached input $/1M", max_digits=12, decimal_places=6)
+    output = models.DecimalField("output $/1M", max_digits=12, decimal_places=6)
+    batch_discount = models.DecimalField(
+        "batch discount %", max_digits=5, decimal_places=2, default=50,
+        help_text="Percent off the list prices for the Batch API.",
+    )  # fmt: skip
+    effective_date = models.DateField(help_text="The day these prices were taken from the price list.")
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(input__gte=0, cached_input__gte=0, output__gte=0),
+                name="modelprice_not_negative",
+                violation_error_message="Prices cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(batch_discount__gte=0, batch_discount__lte=100),
+                name="modelprice_discount_percent",
+                violation_error_message="The batch discount is a percentage between 0 and 100.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.model

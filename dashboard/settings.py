@@ -7,8 +7,10 @@ Defaults are safe for production: DEBUG is off and SECRET_KEY must be given.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -18,7 +20,18 @@ from batches.accounts import load_accounts
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+
+class _Env(environ.Env):
+    """environ.Env whose parse errors name the variable (its own ValueError does not)."""
+
+    def get_value(self, var, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().get_value(var, *args, **kwargs)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{var} is malformed ({exc}); see .env.example.") from None
+
+
+env = _Env()
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
@@ -34,6 +47,7 @@ def _parse(name: str, parser, default: str):  # type: ignore[no-untyped-def]
     """Parse a URL-shaped variable, naming the variable when it is malformed."""
     raw = os.environ.get(name) or default
     try:
+        _ = urlsplit(raw).port  # a port that is not a number raises here, not at the first use
         return parser(raw)
     except Exception as exc:
         raise ImproperlyConfigured(f"{name} is malformed ({exc}); see .env.example.") from None
@@ -93,9 +107,19 @@ TEMPLATES = [
     },
 ]
 
+
+def _db_url_config(url: str) -> dict:  # type: ignore[type-arg]
+    config = env.db_url_config(url)
+    # django-environ passes an unknown scheme through as the ENGINE; Django would only fail on it
+    # at the first query, without naming the variable.
+    if "." not in config.get("ENGINE", ""):
+        raise ValueError(f"unknown scheme {urlsplit(url).scheme!r}, use postgres:// or sqlite:///")
+    return config
+
+
 # SQLite by default; PostgreSQL for deployments with several instances.
 DATABASES = {
-    "default": _parse("DATABASE_URL", env.db_url_config, f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": _parse("DATABASE_URL", _db_url_config, f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -200,6 +224,22 @@ CANCELLING_STUCK_AFTER_MINUTES = env.int("CANCELLING_STUCK_AFTER_MINUTES", defau
 CANCEL_REASON_MAX_LENGTH = env.int("CANCEL_REASON_MAX_LENGTH", default=500)
 # /healthz?strict=1 answers 503 when an account has not synced successfully for this long (s).
 HEALTHZ_MAX_SYNC_AGE = env.int("HEALTHZ_MAX_SYNC_AGE", default=600)
+# /metrics (Prometheus) answers `Authorization: Bearer <METRICS_TOKEN>` (empty: no token works)
+# and clients whose address (batches.auth.client_ip) is in METRICS_ALLOWED_IPS (addresses or networks).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+for _entry in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_entry!r} is not an address or network.") from None
+# The dashboard's public address (https://batches.example.com), for links in webhook messages;
+# empty: the messages carry no link.
+DASHBOARD_URL = env.str("DASHBOARD_URL", default="").rstrip("/")
+if DASHBOARD_URL and urlsplit(DASHBOARD_URL).scheme not in ("http", "https"):
+    raise ImproperlyConfigured("DASHBOARD_URL must be an http(s) URL, e.g. https://batches.example.com.")
+# Webhooks to private, loopback and link-local addresses are refused unless this is on.
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # Single sign-on behind an authenticating proxy: the header that carries the user name,
 # e.g. HTTP_X_REMOTE_USER. Empty (the default) means the header is ignored.

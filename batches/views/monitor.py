@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -18,12 +19,13 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from batches import progress, sync
+from batches import costs, progress, sync
 from batches.accounts import get_accounts
 from batches.auth import can_cancel
 from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
 from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options, tabs_and_summary
 from batches.models import TIMESTAMP_FIELDS, Batch, SyncState
+from batches.views import bulk as bulk_views
 from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
 
 # The list never needs these, and `raw` (with the errors) can be large: never loaded per row.
@@ -89,7 +91,9 @@ def batch_list(request: HtmxHttpRequest) -> HttpResponse:
         "older_query": filters.querystring(before=Cursor.after(batches[-1])) if older else "",
         "newest_query": filters.querystring(before=None) if filters.before else "",
         "sync_accounts": sync_status(accounts),
+        "cost": costs.summarize(filters.in_tab(filters.matching(mirror))),
         "where": "row",
+        **bulk_views.list_context(request, filters),
     }
     # Tabs, pager and filter form swap only the results; a history restore needs the whole page.
     if request.htmx and not request.htmx.history_restore_request:
@@ -128,6 +132,8 @@ def live_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
         "timeline": batch.timeline(),
         "points": points,
         "estimate": progress.estimate(batch, points, now),
+        "cost": costs.batch_cost(batch),
+        "timestamps": [(name, getattr(batch, name)) for name in TIMESTAMP_FIELDS],
         "user_can_cancel": can_cancel(request.user),
         "where": "detail",
     }
@@ -148,7 +154,6 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
             # Pretty-printed and autoescaped in a <pre>: upstream text stays text.
             "raw_json": json.dumps(batch.raw, indent=2, ensure_ascii=False),
             "metadata_items": sorted((batch.metadata or {}).items()),
-            "timestamps": [(name, getattr(batch, name)) for name in TIMESTAMP_FIELDS],
             "sync_accounts": sync_status([account]),
         }
     )
@@ -188,7 +193,7 @@ def _fragment(request: HtmxHttpRequest, template: str, context: dict[str, Any], 
 
 @require_GET
 @viewer_required
-def file_download(request: HtmxHttpRequest, account: str, batch_id: str, file_id: str) -> HttpResponse:
+def file_download(request: HtmxHttpRequest, account: str, batch_id: str, file_id: str) -> HttpResponseBase:
     """Stream a batch's output or error file from the upstream, without keeping it here."""
     upstream = get_account_or_404(account)
     batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)

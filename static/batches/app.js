@@ -163,3 +163,370 @@
     if (slot && !slot.querySelector(".cancel-feedback")) slot.appendChild(feedback);
   });
 })();
+
+/* --- theme toggle --- */
+// theme.js (in <head>) applied the stored choice before the first paint; this wires the select.
+(function () {
+  function init() {
+    const prefs = document.querySelector("[data-prefs]");
+    const select = document.querySelector("[data-theme-select]");
+    if (prefs) prefs.hidden = false;
+    if (!select || !window.batchTheme) return;
+    select.value = window.batchTheme.choice();
+    select.addEventListener("change", function () { window.batchTheme.choose(select.value); });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
+
+/* --- keyboard shortcuts --- */
+// `/` search, `j`/`k` move a selection through the list's rows, Enter opens it, `?` help, Esc closes
+// a dialog. Off while typing in a field, with a modifier held, or behind an open dialog.
+(function () {
+  let selectedId = "";
+  let refocus = false;
+
+  function typing(el) {
+    if (!(el instanceof Element)) return false;
+    if (el.isContentEditable || el.matches("textarea, select")) return true;
+    return el.matches("input") && !el.matches("[type=checkbox], [type=radio], [type=button], [type=submit], [type=reset]");
+  }
+  function rows() { return Array.from(document.querySelectorAll("table.batches tbody tr[id^='batch-row-']")); }
+  function rowLink(row) { return row && row.querySelector("a[href]"); }
+  function help() { return document.getElementById("shortcuts-dialog"); }
+
+  function select(row) {
+    document.querySelectorAll("tr.kb-selected").forEach(function (r) { r.classList.remove("kb-selected"); });
+    if (!row) { selectedId = ""; return; }
+    selectedId = row.id;
+    row.classList.add("kb-selected");
+    row.scrollIntoView({ block: "nearest" });
+    const link = rowLink(row);
+    if (link) link.focus({ preventScroll: true });
+  }
+
+  function move(step) {
+    const list = rows();
+    if (!list.length) return;
+    const current = list.findIndex(function (r) { return r.id === selectedId; });
+    const next = current < 0 ? (step > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, current + step));
+    select(list[next]);
+  }
+
+  function openHelp() {
+    const d = help();
+    if (d && !d.open) d.showModal();
+  }
+
+  document.addEventListener("keydown", function (evt) {
+    if (evt.defaultPrevented || evt.ctrlKey || evt.metaKey || evt.altKey) return;
+    const open = document.querySelector("dialog[open]");
+    if (evt.key === "Escape") {
+      if (open) { evt.preventDefault(); open.close(); }
+      return;
+    }
+    if (open || typing(evt.target)) return;
+    if (evt.key === "/") {
+      const search = document.querySelector("main input[type=search]");
+      if (!search) return;
+      evt.preventDefault();
+      search.focus();
+      search.select();
+    } else if (evt.key === "?") {
+      evt.preventDefault();
+      openHelp();
+    } else if (evt.key === "j" || evt.key === "k") {
+      evt.preventDefault();
+      move(evt.key === "j" ? 1 : -1);
+    } else if (evt.key === "Enter" && selectedId) {
+      // On the focused link Enter follows it natively; anywhere else it opens the selected batch.
+      if (evt.target instanceof Element && evt.target.closest("a, button, input, summary")) return;
+      const link = rowLink(document.getElementById(selectedId));
+      if (link) { evt.preventDefault(); window.location.assign(link.href); }
+    }
+  });
+
+  document.addEventListener("click", function (evt) {
+    if (!(evt.target instanceof Element)) return;
+    if (evt.target.closest("[data-shortcuts-open]")) openHelp();
+    else if (evt.target.closest("[data-shortcuts-close]")) { const d = help(); if (d) d.close(); }
+  });
+
+  // A poll replaces the selected row: keep the selection (and the focus, if it was there).
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    const target = evt.detail && evt.detail.target;
+    if (target && selectedId && target.id === selectedId) refocus = target.contains(document.activeElement);
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!selectedId) return;
+    const row = document.getElementById(selectedId);
+    if (!row) { selectedId = ""; return; }
+    row.classList.add("kb-selected");
+    if (refocus && (document.activeElement === document.body || !document.activeElement)) {
+      const link = rowLink(row);
+      if (link) link.focus({ preventScroll: true });
+    }
+    refocus = false;
+  });
+})();
+
+/* --- status changes, read out --- */
+// Before a polled row or live panel is swapped, note its status ([data-status] inside); after the
+// swap, a different one is written into the polite live region in base.html.
+(function () {
+  const before = {};
+  let queue = [];
+  let timer = 0;
+
+  function statusOf(el) {
+    const holder = el && (el.matches("[data-status]") ? el : el.querySelector("[data-status]"));
+    return holder ? holder.getAttribute("data-status") : null;
+  }
+  function nameOf(el) {
+    if (el.id === "batch-live") {
+      const title = document.querySelector(".batch-title .mono");
+      return title ? title.textContent.trim().replace(/^batch_/, "").slice(0, 10) : "";
+    }
+    const link = el.querySelector("a.mono");
+    return link ? link.textContent.trim() : "";
+  }
+  function announce(text) {
+    const region = document.getElementById("live-status");
+    if (!region) return;
+    queue.push(text);
+    clearTimeout(timer);
+    // Emptied first, then filled: the same sentence twice in a row is still read out.
+    region.textContent = "";
+    timer = setTimeout(function () {
+      region.textContent = queue.join(". ");
+      queue = [];
+    }, 100);
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    const target = evt.detail && evt.detail.target;
+    if (!target || !target.id || !(target.id === "batch-live" || target.id.indexOf("batch-row-") === 0)) return;
+    const status = statusOf(target);
+    if (status) before[target.id] = status;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    Object.keys(before).forEach(function (id) {
+      const fresh = document.getElementById(id);
+      const old = before[id];
+      delete before[id];
+      const now = statusOf(fresh);
+      if (fresh && now && now !== old) announce("Batch " + nameOf(fresh) + "… is now " + now.replace(/_/g, " "));
+    });
+  });
+})();
+
+/* --- bulk cancel --- */
+// Checkboxes on cancellable rows (kept across row polls), a select-all, and "Cancel all N matching"
+// open #bulk-dialog with the exact count; Confirm posts to /batches/cancel/ and puts the progress
+// panel (which polls itself) into #bulk-progress-slot.
+(function () {
+  const picked = new Set();
+  let pending = null; // { mode: "selected", ids } or { mode: "filter", filter, expected, opener }
+  const LIST_SHOWN = 8;
+
+  function dialog() { return document.getElementById("bulk-dialog"); }
+  function part(name) { const d = dialog(); return d && d.querySelector("[data-bulk-" + name + "]"); }
+  function parts(name) { const d = dialog(); return d ? Array.from(d.querySelectorAll("[data-bulk-" + name + "]")) : []; }
+  function boxes() { return Array.from(document.querySelectorAll("input[data-bulk-pick]")); }
+
+  function csrfToken() {
+    const input = dialog() && dialog().querySelector("input[name=csrfmiddlewaretoken]");
+    if (input && input.value) return input.value;
+    try {
+      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function refresh() {
+    const n = picked.size;
+    document.querySelectorAll("[data-bulk-open=selected]").forEach(function (button) {
+      button.hidden = n === 0;
+      const count = button.querySelector("[data-bulk-selected]");
+      if (count) count.textContent = String(n);
+    });
+    const all = document.querySelector("input[data-bulk-all]");
+    if (all) {
+      const total = boxes().length;
+      all.checked = total > 0 && n === total;
+      all.indeterminate = n > 0 && n < total;
+      all.disabled = total === 0;
+    }
+  }
+
+  // After any swap: boxes take their state from the selection, and a box that went away (its batch
+  // is no longer cancellable, or another page is shown) leaves it, so the count stays exact.
+  function sync() {
+    const present = boxes();
+    present.forEach(function (box) { box.checked = picked.has(box.value); });
+    picked.clear();
+    present.forEach(function (box) { if (box.checked) picked.add(box.value); });
+    refresh();
+  }
+
+  function setCount(n) {
+    parts("count").forEach(function (el) { el.textContent = String(n); });
+    parts("noun").forEach(function (el) { el.textContent = n === 1 ? "batch" : "batches"; });
+    const confirm = part("confirm");
+    if (confirm) confirm.disabled = n === 0;
+  }
+
+  function showProblem(text) {
+    const problem = part("problem");
+    if (!problem) return;
+    problem.textContent = text; // text, never HTML
+    problem.hidden = !text;
+  }
+
+  function fillList(ids) {
+    const list = part("list");
+    if (!list) return;
+    list.replaceChildren();
+    ids.slice(0, LIST_SHOWN).forEach(function (id) {
+      const item = document.createElement("li");
+      item.textContent = id.split("/").slice(1).join("/") || id;
+      list.appendChild(item);
+    });
+    if (ids.length > LIST_SHOWN) {
+      const more = document.createElement("li");
+      more.textContent = "and " + (ids.length - LIST_SHOWN) + " more";
+      list.appendChild(more);
+    }
+    list.hidden = ids.length === 0;
+  }
+
+  function open(opener) {
+    const d = dialog();
+    if (!d) return;
+    if (opener.dataset.bulkOpen === "filter") {
+      pending = { mode: "filter", filter: opener.dataset.bulkFilter || "", expected: Number(opener.dataset.bulkTotal) || 0, opener: opener };
+      part("scope").textContent = "Every cancellable batch matching the current filter, on every page of the list.";
+      fillList([]);
+    } else {
+      pending = { mode: "selected", ids: Array.from(picked) };
+      part("scope").textContent = "The batches selected on this page:";
+      fillList(pending.ids);
+    }
+    const n = pending.mode === "filter" ? pending.expected : pending.ids.length;
+    if (!n) return;
+    setCount(n);
+    part("reason").value = "";
+    part("reason-count").textContent = "0";
+    showProblem("");
+    d.showModal();
+  }
+
+  function textOf(html) {
+    const doc = new DOMParser().parseFromString(html, "text/html"); // parsed, never run or inserted
+    const message = doc.querySelector("[data-bulk-message]");
+    return (message || doc.body).textContent.trim();
+  }
+
+  function problemFor(response) {
+    if (response.redirected) return "Your session has ended: reload the page and sign in again. Nothing was sent.";
+    if (response.status === 403) return "Refused by the dashboard (HTTP 403): you may not cancel batches, or the page is too old. Reload it.";
+    return "The dashboard answered HTTP " + response.status + ". Check the audit page before trying again.";
+  }
+
+  document.addEventListener("change", function (evt) {
+    const el = evt.target;
+    if (!(el instanceof HTMLInputElement)) return;
+    if (el.matches("[data-bulk-pick]")) {
+      if (el.checked) picked.add(el.value); else picked.delete(el.value);
+      refresh();
+    } else if (el.matches("[data-bulk-all]")) {
+      boxes().forEach(function (box) {
+        box.checked = el.checked;
+        if (el.checked) picked.add(box.value); else picked.delete(box.value);
+      });
+      refresh();
+    }
+  });
+
+  document.addEventListener("input", function (evt) {
+    if (evt.target instanceof Element && evt.target.matches("[data-bulk-reason]")) {
+      part("reason-count").textContent = String(evt.target.value.length);
+    }
+  });
+
+  document.addEventListener("click", function (evt) {
+    if (!(evt.target instanceof Element)) return;
+    const opener = evt.target.closest("[data-bulk-open]");
+    if (opener) { evt.preventDefault(); open(opener); return; }
+    if (evt.target.closest("[data-bulk-keep]")) { evt.preventDefault(); const d = dialog(); if (d) d.close(); return; }
+    const dismiss = evt.target.closest("[data-bulk-dismiss]");
+    if (dismiss) { const panel = dismiss.closest(".bulk-progress"); if (panel) panel.remove(); }
+  });
+
+  document.addEventListener("submit", function (evt) {
+    const form = evt.target;
+    if (!(form instanceof HTMLFormElement) || !form.matches("[data-bulk-form]")) return;
+    evt.preventDefault();
+    const confirm = part("confirm");
+    if (!pending || !window.fetch || confirm.disabled) return;
+    confirm.disabled = true;
+    showProblem("");
+    const body = new FormData(form);
+    if (pending.mode === "filter") {
+      body.set("filter", pending.filter);
+      body.set("expected", String(pending.expected));
+    } else {
+      pending.ids.forEach(function (id) { body.append("ids", id); });
+    }
+    let keepDisabled = false;
+    fetch(form.action, {
+      method: "POST",
+      body: body,
+      credentials: "same-origin",
+      headers: { "HX-Request": "true", "X-CSRFToken": csrfToken() },
+    })
+      .then(function (response) {
+        return response.text().then(function (html) {
+          if (response.redirected) { showProblem(problemFor(response)); return; }
+          if (response.status === 200) {
+            const slot = document.getElementById("bulk-progress-slot");
+            if (slot && window.htmx) window.htmx.swap(slot, html, { swapStyle: "innerHTML" });
+            picked.clear();
+            sync();
+            dialog().close();
+            return;
+          }
+          if (response.status === 409 && pending && pending.mode === "filter") {
+            // The matching set changed: nothing was sent; confirm again with the new exact count.
+            const n = Number(response.headers.get("X-Bulk-Count")) || 0;
+            pending.expected = n;
+            if (pending.opener) {
+              pending.opener.dataset.bulkTotal = String(n);
+              pending.opener.textContent = "Cancel all " + n + " active " + (n === 1 ? "batch" : "batches") + " matching this filter";
+              pending.opener.hidden = n === 0;
+            }
+            setCount(n);
+            keepDisabled = n === 0;
+            showProblem(textOf(html));
+            return;
+          }
+          showProblem(response.status === 400 ? textOf(html) : problemFor(response));
+        });
+      })
+      .catch(function () {
+        showProblem("The dashboard could not be reached. Check the audit page before trying again.");
+      })
+      .finally(function () {
+        confirm.disabled = keepDisabled;
+      });
+  });
+
+  document.addEventListener("htmx:afterSettle", sync);
+  function init() {
+    boxes().forEach(function (box) { if (box.checked) picked.add(box.value); });
+    refresh();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

@@ -39,6 +39,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
+        call_command("load_prices", verbosity=0)  # the cost estimates' default price table
         users = {
             "alice": self.demo_user("alice", "Operators"),
             "bob": self.demo_user("bob", "Viewers"),

@@ -18,6 +18,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from batches.accounts import get_accounts
 from batches.sync import sync_account
+from batches.webhooks import deliver_due_safely
+
+# After each round, due webhook deliveries are sent for at most this long (plus one send's timeouts).
+WEBHOOK_SECONDS_PER_ROUND = 10.0
 
 
 class Command(BaseCommand):
@@ -56,9 +60,12 @@ class Command(BaseCommand):
                     break
                 result = sync_account(account, should_stop=lambda: self.stop_requested)
                 if result is None:
-                    continue  # backing off, or another process is on it
+                    self.stdout.write(f"{account.name}: skipped (backing off, or another process syncs it)")
+                    continue
                 status = "ok" if result.ok else (f"error: {result.error}" if result.error else "interrupted")
                 self.stdout.write(f"{account.name}: {result.requests} requests, {result.new} new, {status}")
+            # Webhooks the round queued (and any others due), for a bounded time: the sync comes first.
+            deliver_due_safely(max_seconds=WEBHOOK_SECONDS_PER_ROUND, should_stop=lambda: self.stop_requested)
             if options["once"]:
                 break
             self.sleep(interval)

@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.dispatch import Signal
@@ -38,7 +39,7 @@ from django.utils import timezone
 
 from batches.accounts import Account, get_accounts
 from batches.client import BATCH_ID_RE, UpstreamClient, UpstreamError
-from batches.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Batch, BatchSample, SyncState
+from batches.models import ACTIVE_STATUSES, TERMINAL_STATUSES, TIMESTAMP_FIELDS, Batch, BatchSample, SyncState
 
 log = logging.getLogger("batches.sync")
 
@@ -48,41 +49,13 @@ batch_status_changed = Signal()
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 UPDATE_FIELDS = [
-    "status",
-    "endpoint",
-    "model",
-    "completion_window",
-    "input_file_id",
-    "output_file_id",
-    "error_file_id",
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "request_total",
-    "request_completed",
-    "request_failed",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "errors",
-    "metadata",
-    "description",
-    "metadata_text",
-    "raw",
-    "synced_at",
-    "progressed_at",
-    "status_changed_at",
-    "cancel_requested_by",
-    "cancel_requested_at",
-]
+    "status", "endpoint", "model", "completion_window", "input_file_id", "output_file_id", "error_file_id",
+    *TIMESTAMP_FIELDS,
+    "request_total", "request_completed", "request_failed",
+    "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
+    "errors", "metadata", "description", "metadata_text", "raw",
+    "synced_at", "progressed_at", "status_changed_at", "cancel_requested_by", "cancel_requested_at",
+]  # fmt: skip
 
 
 def get_client(account: Account) -> UpstreamClient:
@@ -155,19 +128,7 @@ def batch_fields(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
         "output_file_id": _text(obj.get("output_file_id"), 128),
         "error_file_id": _text(obj.get("error_file_id"), 128),
         "created_at": _ts(obj.get("created_at")) or now,
-        **{
-            name: _ts(obj.get(name))
-            for name in (
-                "in_progress_at",
-                "expires_at",
-                "finalizing_at",
-                "completed_at",
-                "failed_at",
-                "expired_at",
-                "cancelling_at",
-                "cancelled_at",
-            )
-        },
+        **{name: _ts(obj.get(name)) for name in TIMESTAMP_FIELDS if name != "created_at"},
         "request_total": _int(counts.get("total")),
         "request_completed": _int(counts.get("completed")),
         "request_failed": _int(counts.get("failed")),
@@ -604,3 +565,47 @@ def refresh_one(account: Account, batch_id: str) -> Batch | None:
         obj = client.retrieve_batch(batch_id)
     store_batches(account.name, [obj])
     return Batch.objects.filter(account=account.name, batch_id=batch_id).first()
+
+
+# --- A batch someone is watching end ----------------------------------------------------------
+
+CANCELLING_WAIT_SECONDS = 0.5
+
+
+def refresh_cancelling(account: Account, batch: Batch) -> bool:
+    """Retrieve a `cancelling` batch at most once per poll interval, whoever is watching it.
+
+    A cancel takes effect upstream minutes later, and the operator who pressed the button watches
+    the row for it: waiting for the next account-wide refresh (REFRESH_INTERVAL) would show it late.
+    This costs one request per cancelling batch per POLL_INTERVAL, however many people watch: the
+    claim is an atomic cache.add (shared through Redis when several instances run). The poll that
+    claims it waits a moment for the answer, so the change shows in this very response; a slow
+    upstream only delays it to the next poll. True when the batch was refreshed in time.
+    """
+    if not settings.SYNC_ON_DEMAND or batch.status != "cancelling":
+        return False
+    if not cache.add(f"batches:refresh:{batch.pk}", 1, timeout=settings.POLL_INTERVAL):
+        return False
+    thread = threading.Thread(
+        target=_background_refresh_one,
+        args=(account, batch.batch_id),
+        daemon=True,
+        name=f"refresh-{batch.pk}",
+    )
+    thread.start()
+    thread.join(CANCELLING_WAIT_SECONDS)
+    return not thread.is_alive()
+
+
+def _background_refresh_one(account: Account, batch_id: str) -> None:
+    try:
+        refresh_one(account, batch_id)
+    except UpstreamError as exc:
+        # The account-wide sync records failures for the banner; this one only tried to be early.
+        log.info(
+            "refresh of cancelling batch account=%s batch=%s failed: %s", account.name, batch_id, exc.kind
+        )
+    except Exception:
+        log.exception("refresh of cancelling batch account=%s batch=%s failed", account.name, batch_id)
+    finally:
+        connection.close()

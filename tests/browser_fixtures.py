@@ -138,19 +138,13 @@ def page_problems(page: Any) -> PageProblems:
 
 @pytest.fixture
 def migrated_data(transactional_db: None) -> None:
-    """The rows migrations make (content types, permissions), which ensure_roles needs.
+    """The rows migrations make (content types, permissions, the two role groups).
 
-    A transactional test flushes every table, and after a test with serialized_rollback (as in
-    tests/test_cancel.py) Django does not recreate them. serialized_rollback cannot help here either:
-    under pytest-playwright the test body gets a different connection object than the one that
-    holds the serialized data, so Django silently skips the restore. Recreate them as a flush would.
+    A transactional test flushes every table; ensure_roles() puts back what the roles need.
     """
-    from django.contrib.auth.models import Permission
-    from django.core.management.sql import emit_post_migrate_signal
-    from django.db import DEFAULT_DB_ALIAS
+    from batches.auth import ensure_roles
 
-    if not Permission.objects.exists():
-        emit_post_migrate_signal(verbosity=0, interactive=False, db=DEFAULT_DB_ALIAS)
+    ensure_roles()
 
 
 @pytest.fixture

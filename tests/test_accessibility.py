@@ -18,7 +18,7 @@ from batches.sync import run_cycle
 from tests.browser_fixtures import login, wait_for_htmx
 
 # migrated_data (tests/browser_fixtures.py): the permissions the role groups need, even after a
-# transactional test flushed them away (serialized_rollback cannot restore them under pytest-playwright).
+# transactional test flushed them away.
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),

@@ -167,7 +167,7 @@ def test_deleting_a_user_keeps_the_chain_valid(alice):
     assert audit.verify_chain().ok
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_appends_keep_the_chain_linear():
     errors: list[BaseException] = []
     barrier = threading.Barrier(10)

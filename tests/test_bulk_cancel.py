@@ -390,7 +390,7 @@ def test_progress_of_an_unknown_or_foreign_job(alice_client, alice, simulator, s
     assert other.get(reverse("bulk_cancel_progress", args=[job])).status_code == 404
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_in_production_the_job_runs_in_a_thread_and_the_panel_polls_until_done(
     alice, alice_client, simulator, sim_account, settings
 ):

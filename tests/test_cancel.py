@@ -367,7 +367,7 @@ def test_an_abandoned_claim_can_be_taken_over(alice_client, simulator, running):
     assert AuditEntry.objects.get().outcome == "accepted"
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_twenty_simultaneous_cancels_send_one_upstream_cancel_and_audit_all(alice, simulator, running):
     # A slow upstream keeps the winner's claim in flight while the others arrive.
     simulator.add_fault(Fault(kind="latency", seconds=0.5, path=r"/cancel$", method="POST"))
@@ -450,7 +450,7 @@ def alice_browser(live_server: Any, alice: Any, monkeypatch: Any) -> Iterator[Br
 
 
 @pytest.mark.browser
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_cancel_dialog_posts_once_and_swaps_the_row_in_a_browser(alice_browser, simulator, running):
     page, expect = alice_browser.page, alice_browser.expect
     simulator.add_fault(Fault(kind="latency", seconds=0.5, path=r"/cancel$", method="POST"))
@@ -485,7 +485,7 @@ def test_cancel_dialog_posts_once_and_swaps_the_row_in_a_browser(alice_browser, 
 
 
 @pytest.mark.browser
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_upstream_error_stays_readable_across_polls_in_a_browser(alice_browser, simulator, running, settings):
     page, expect = alice_browser.page, alice_browser.expect
     settings.POLL_INTERVAL = 1

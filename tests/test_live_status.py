@@ -7,6 +7,7 @@ import datetime as dt
 import html
 
 import pytest
+from django.core.cache import cache
 from django.template.loader import render_to_string
 from django.test import RequestFactory
 from django.urls import reverse
@@ -246,3 +247,34 @@ def test_access(client, charlie_client, bob_client, alice_client, name):
     assert charlie_client.get(url).status_code == 403
     assert bob_client.get(url).status_code == 200
     assert alice_client.get(url).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancelling_row_shows_cancelled_at_the_first_poll_after_the_upstream_does(
+    simulator, sim_clock, sim_account, settings, bob_client
+):
+    settings.SYNC_ON_DEMAND = True
+    settings.REFRESH_INTERVAL = 3600  # only the cancelling batch's own refresh may run here
+    sim_clock.freeze()
+    created = simulator.create_batch(status="in_progress", total=100, in_progress_seconds=3600)
+    simulator.cancel(created["id"])
+    run_cycle(sim_account)
+    url = reverse("batch_row", args=["sim", created["id"]])
+    simulator.reset_stats()
+
+    first = bob_client.get(url, HTTP_HX_REQUEST="true")
+    second = bob_client.get(url, HTTP_HX_REQUEST="true")
+
+    assert first.status_code == second.status_code == 200
+    assert "cancelling" in second.content.decode()
+    # However many polls within one interval: one retrieve.
+    assert simulator.stats() == {"GET /batches/{id}": 1}
+
+    sim_clock.advance(simulator.cancel_delay + 1)
+    cache.clear()  # the next poll interval
+    third = bob_client.get(url, HTTP_HX_REQUEST="true")
+
+    assert third.status_code == 286
+    assert 'data-status="cancelled"' in third.content.decode()
+    assert "hx-trigger" not in third.content.decode()
+    assert simulator.stats() == {"GET /batches/{id}": 2}

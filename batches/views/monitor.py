@@ -114,7 +114,10 @@ def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
 @viewer_required
 def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
     batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
-    sync.refresh_stale_in_background([get_account_or_404(account)])
+    upstream = get_account_or_404(account)
+    if sync.refresh_cancelling(upstream, batch):
+        batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
+    sync.refresh_stale_in_background([upstream])
     return _fragment(request, "batches/list.html#row", row_context(request, batch), batch)
 
 
@@ -165,7 +168,10 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
 def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
     # The live part shows the errors but never the raw object.
     batch = _mirrored_batch(account, batch_id, defer=("raw",))
-    sync.refresh_stale_in_background([get_account_or_404(account)])
+    upstream = get_account_or_404(account)
+    if sync.refresh_cancelling(upstream, batch):
+        batch = _mirrored_batch(account, batch_id, defer=("raw",))
+    sync.refresh_stale_in_background([upstream])
     return _fragment(request, "batches/detail.html#live", live_context(request, batch), batch)
 
 

@@ -1,11 +1,21 @@
 // Batch dashboard: small progressive enhancements. No inline script anywhere (CSP).
 "use strict";
 
+// The CSRF token for a fetch(): the form's own field, else the one htmx sends from <body>.
+function csrfTokenIn(container) {
+  const input = container && container.querySelector("input[name=csrfmiddlewaretoken]");
+  if (input && input.value) return input.value;
+  try {
+    return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+  } catch (e) {
+    return "";
+  }
+}
+
 // Poll less while the tab is hidden: let one poll in six through (every 30 s at the default 5 s).
 (function () {
   let skipped = 0;
   document.addEventListener("htmx:beforeRequest", function (evt) {
-    const trigger = evt.detail.requestConfig && evt.detail.requestConfig.triggeringEvent;
     const isPoll = evt.detail.elt && evt.detail.elt.hasAttribute("data-poll");
     if (!isPoll || !document.hidden) return;
     skipped += 1;
@@ -28,15 +38,7 @@
   function dialog() { return document.getElementById("cancel-dialog"); }
   function part(name) { const d = dialog(); return d && d.querySelector("[data-cancel-" + name + "]"); }
 
-  function csrfToken() {
-    const input = dialog() && dialog().querySelector("input[name=csrfmiddlewaretoken]");
-    if (input && input.value) return input.value;
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (e) {
-      return "";
-    }
-  }
+  function csrfToken() { return csrfTokenIn(dialog()); }
 
   function updateCount() {
     const reason = part("reason");
@@ -334,15 +336,7 @@
   function parts(name) { const d = dialog(); return d ? Array.from(d.querySelectorAll("[data-bulk-" + name + "]")) : []; }
   function boxes() { return Array.from(document.querySelectorAll("input[data-bulk-pick]")); }
 
-  function csrfToken() {
-    const input = dialog() && dialog().querySelector("input[name=csrfmiddlewaretoken]");
-    if (input && input.value) return input.value;
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (e) {
-      return "";
-    }
-  }
+  function csrfToken() { return csrfTokenIn(dialog()); }
 
   function refresh() {
     const n = picked.size;

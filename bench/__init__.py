@@ -1,0 +1,1 @@
+"""The benchmark suite: `.venv/bin/python bench/run.py` (see docs/PERFORMANCE.md)."""

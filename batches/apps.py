@@ -25,3 +25,12 @@ class BatchesConfig(AppConfig):
         cancel_requested.connect(
             webhooks.on_cancel_requested, dispatch_uid="batches.webhooks.cancel_requested"
         )
+
+        from django.db.models.signals import post_delete, post_save
+
+        from batches.costs import invalidate_prices
+        from batches.models import ModelPrice
+
+        # The price table is cached (costs.cached_prices): an edit clears it.
+        post_save.connect(invalidate_prices, sender=ModelPrice, dispatch_uid="batches.prices.saved")
+        post_delete.connect(invalidate_prices, sender=ModelPrice, dispatch_uid="batches.prices.deleted")

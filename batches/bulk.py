@@ -10,6 +10,7 @@ every instance shares.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 import threading
@@ -70,10 +71,15 @@ def run_inline() -> bool:
 # --- what a bulk cancel targets ------------------------------------------------------------------
 
 
+def unclaimed(now: dt.datetime | None = None) -> Q:
+    """No one's cancel is in flight (a claim older than its TTL was abandoned)."""
+    now = now or timezone.now()
+    return Q(cancel_requested_at__isnull=True) | Q(cancel_requested_at__lt=now - claim_ttl())
+
+
 def cancellable(queryset: QuerySet[Batch]) -> QuerySet[Batch]:
     """Batches that may be cancelled and that no one's cancel is in flight for."""
-    free = Q(cancel_requested_at__isnull=True) | Q(cancel_requested_at__lt=timezone.now() - claim_ttl())
-    return queryset.filter(free, status__in=CANCELLABLE_STATUSES)
+    return queryset.filter(unclaimed(), status__in=CANCELLABLE_STATUSES)
 
 
 def filter_targets(filters: BatchFilters) -> QuerySet[Batch]:

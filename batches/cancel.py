@@ -77,9 +77,11 @@ def _claim(batch: Batch, username: str, now: dt.datetime) -> bool:
 
 def _release(batch: Batch, username: str, now: dt.datetime) -> None:
     # Only our own claim: if it expired and someone else took it over, theirs stays.
-    Batch.objects.filter(pk=batch.pk, cancel_requested_by=username, cancel_requested_at=now).update(
-        cancel_requested_by="", cancel_requested_at=None
-    )
+    ours = Batch.objects.filter(pk=batch.pk, cancel_requested_by=username, cancel_requested_at=now)
+    released = ours.update(cancel_requested_by="", cancel_requested_at=None)
+    if released:
+        # A list cached while the claim stood shows it: store_batches bumps only for upstream changes.
+        sync._bump_version(batch.account)
 
 
 def request_cancel(

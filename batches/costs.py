@@ -9,12 +9,15 @@ reasoning tokens are part of the output tokens.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Count, QuerySet, Sum
 
 from batches.models import Batch, ModelPrice
@@ -47,6 +50,41 @@ def base_model(model: str) -> str:
 def load_prices() -> dict[str, ModelPrice]:
     """The whole price table, by model name: one query."""
     return {price.model: price for price in ModelPrice.objects.all()}
+
+
+PRICES_CACHE_KEY = "batches:prices"
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    prices: dict[str, ModelPrice]
+    # Changes whenever a price does: part of the cache key of anything rendered with them.
+    digest: str
+
+
+def cached_prices() -> PriceTable:
+    """The price table from the cache (tiny, and it changes only in the admin), else one query.
+
+    post_save/post_delete of a ModelPrice clear it (see invalidate_prices), and it expires after
+    PRICES_CACHE_SECONDS, which bounds how late another process sees an edit with a per-process cache.
+    """
+    table = cache.get(PRICES_CACHE_KEY)
+    if isinstance(table, PriceTable):
+        return table
+    prices = load_prices()
+    shown = sorted(
+        (p.model, p.input, p.cached_input, p.output, p.batch_discount, p.effective_date, p.note)
+        for p in prices.values()
+    )
+    table = PriceTable(prices, hashlib.blake2b(repr(shown).encode(), digest_size=8).hexdigest())
+    if settings.PRICES_CACHE_SECONDS > 0:
+        cache.set(PRICES_CACHE_KEY, table, settings.PRICES_CACHE_SECONDS)
+    return table
+
+
+def invalidate_prices(*args: Any, **kwargs: Any) -> None:
+    """Receiver for ModelPrice's post_save and post_delete (connected in apps.py)."""
+    cache.delete(PRICES_CACHE_KEY)
 
 
 def price_keys(model: str | None) -> set[str]:
@@ -129,10 +167,17 @@ def summarize(batches: QuerySet[Batch]) -> CostSummary:
             output=Sum("output_tokens"),
         )
     )
-    prices = load_prices()
+    return summarize_usage(rows, load_prices())
+
+
+def summarize_usage(rows: Iterable[Mapping[str, Any]], prices: Mapping[str, ModelPrice]) -> CostSummary:
+    """The estimate from token sums of batches with usage: rows of model, n, input, cached, output
+    (a model may come in several rows)."""
     summary = CostSummary()
     unpriced: set[str] = set()
     for row in rows:
+        if not row["n"]:
+            continue
         price = price_for(row["model"], prices)
         if price is None:
             summary.unpriced_batches += row["n"]
@@ -171,4 +216,5 @@ def load_default_prices(*, update: bool = False) -> tuple[int, int]:
         elif update:
             ModelPrice.objects.filter(model=model).update(**values)
             updated += 1
+    invalidate_prices()  # update() sends no post_save
     return created, updated

@@ -259,28 +259,36 @@ class Summary:
     tokens_reported: bool = False
 
 
+# What the tab counts and the summary add up, per status (and whatever else a caller groups by).
+STATUS_SUMS = {
+    "n": Count("id"),
+    "completed": Sum("request_completed"),
+    "failed": Sum("request_failed"),
+    "tokens": Sum("total_tokens"),
+}
+
+
 def tabs_and_summary(filters: BatchFilters, queryset: QuerySet[Batch]) -> tuple[list[Tab], Summary]:
     """Tab counts (all filters but the tab) and the summary (the current tab), in one query."""
-    rows = (
-        filters.matching(queryset)
-        .order_by()
-        .values("status")
-        .annotate(
-            n=Count("id"),
-            completed=Sum("request_completed"),
-            failed=Sum("request_failed"),
-            tokens=Sum("total_tokens"),
-        )
-    )
+    rows = filters.matching(queryset).order_by().values("status").annotate(**STATUS_SUMS)
+    return tabs_and_summary_of(filters, rows)
+
+
+def tabs_and_summary_of(
+    filters: BatchFilters, rows: Iterable[Mapping[str, Any]]
+) -> tuple[list[Tab], Summary]:
+    """The tabs and the summary from STATUS_SUMS rows of `filters.matching`, grouped by status
+    (a status may come in several rows, e.g. one per model)."""
     counts: dict[str, int] = {}
     summary = Summary()
     selected = TABS[filters.status]
     for row in rows:
-        counts[row["status"]] = row["n"]
-        if selected is not None and row["status"] not in selected:
+        status = row["status"]
+        counts[status] = counts.get(status, 0) + row["n"]
+        if selected is not None and status not in selected:
             continue
         summary.batches += row["n"]
-        summary.by_status[row["status"]] = row["n"]
+        summary.by_status[status] = summary.by_status.get(status, 0) + row["n"]
         summary.completed += row["completed"] or 0
         summary.failed += row["failed"] or 0
         if row["tokens"] is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +14,7 @@ ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 CANCELLABLE_STATUSES = ("validating", "in_progress", "finalizing")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 ALL_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
+POLL_VERSION_SECONDS = 30
 TIMESTAMP_FIELDS = (
     "created_at",
     "in_progress_at",
@@ -150,6 +152,18 @@ class Batch(models.Model):
             return None
         return max(dt.timedelta(0), self.expires_at - (now or timezone.now()))
 
+    def poll_version(self, now: dt.datetime | None = None) -> str:
+        """A digest of what a polled fragment shows. A poll that sends the version it has gets
+        204 No Content while nothing changed: no rendering, no bytes. The time bucket makes
+        relative times and the stuck flag move on at least every POLL_VERSION_SECONDS."""
+        now = now or timezone.now()
+        shown = (
+            self.status, self.request_total, self.request_completed, self.request_failed,
+            self.total_tokens, self.output_file_id, self.error_file_id, self.cancel_requested_by,
+            self.cancel_requested_at, self.progressed_at, int(now.timestamp() // POLL_VERSION_SECONDS),
+        )  # fmt: skip
+        return hashlib.blake2b(repr(shown).encode(), digest_size=8).hexdigest()
+
     def get_stuck_reason(self, now: dt.datetime | None = None) -> str:
         """Why an active batch looks hung, or "" when it does not."""
         now = now or timezone.now()
@@ -235,6 +249,9 @@ class SyncState(models.Model):
     imported = models.IntegerField(default=0)
     last_cycle_requests = models.IntegerField(default=0)
     last_cycle_seconds = models.FloatField(default=0.0)
+    # Bumped (F() + 1) by every store_batches that created or changed a row: what the list page's
+    # cached results are keyed on, so that every process sees a change at once.
+    mirror_version = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.account

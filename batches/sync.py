@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -48,14 +48,6 @@ batch_status_changed = Signal()
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
-UPDATE_FIELDS = [
-    "status", "endpoint", "model", "completion_window", "input_file_id", "output_file_id", "error_file_id",
-    *TIMESTAMP_FIELDS,
-    "request_total", "request_completed", "request_failed",
-    "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-    "errors", "metadata", "description", "metadata_text", "raw",
-    "synced_at", "progressed_at", "status_changed_at", "cancel_requested_by", "cancel_requested_at",
-]  # fmt: skip
 
 
 def get_client(account: Account) -> UpstreamClient:
@@ -163,7 +155,9 @@ def store_batches(
     ids = [o["id"] for o in objects]
     existing = {b.batch_id: b for b in Batch.objects.filter(account=account, batch_id__in=ids)}
     created: list[Batch] = []
-    changed: list[Batch] = []
+    # Per changed row, only the columns that changed: a progressing batch moves its counts, usage
+    # and raw object, and one narrow UPDATE each is far cheaper than bulk_update's CASE over all.
+    changed: list[tuple[Batch, dict[str, Any]]] = []
     unchanged: list[int] = []
     transitions: list[tuple[Batch, str]] = []
     # Progress samples: only when the counts move, while active, plus the final counts.
@@ -190,27 +184,31 @@ def store_batches(
             unchanged.append(batch.pk)
             continue
         old_status, old_done = batch.status, (batch.request_completed, batch.request_failed)
-        for name, value in fields.items():
+        updates = {name: value for name, value in fields.items() if getattr(batch, name) != value}
+        updates["synced_at"] = now
+        for name, value in updates.items():
             setattr(batch, name, value)
-        batch.synced_at = now
         if (batch.request_completed, batch.request_failed) != old_done or batch.status != old_status:
-            batch.progressed_at = now
+            updates["progressed_at"] = batch.progressed_at = now
             if old_status in ACTIVE_STATUSES:
                 to_sample.append(batch)
         if batch.status != old_status:
-            batch.status_changed_at = now
+            updates["status_changed_at"] = batch.status_changed_at = now
             transitions.append((batch, old_status))
             if batch.status in TERMINAL_STATUSES:
                 # The batch ended: the claim has done its job. It stays through `cancelling`, so
                 # that a sync racing the cancel view knows the cancel is the dashboard's own.
-                batch.cancel_requested_by, batch.cancel_requested_at = "", None
-        changed.append(batch)
+                updates["cancel_requested_by"] = batch.cancel_requested_by = ""
+                updates["cancel_requested_at"] = batch.cancel_requested_at = None
+        changed.append((batch, updates))
     with transaction.atomic():
         Batch.objects.bulk_create(created)
-        if changed:
-            Batch.objects.bulk_update(changed, UPDATE_FIELDS)
+        for batch, updates in changed:
+            Batch.objects.filter(pk=batch.pk).update(**updates)
         if unchanged:
             Batch.objects.filter(pk__in=unchanged).update(synced_at=now)
+        if created or changed:
+            _bump_version(account)
         _sample(to_sample, now)
         for batch, old_status in transitions:
             transaction.on_commit(
@@ -231,6 +229,11 @@ def _sample(batches: list[Batch], now: dt.datetime) -> None:
         for b in batches
         if b.request_total is not None
     )
+
+
+def _bump_version(account: str) -> None:
+    """The mirror changed: the list's cached results (keyed on this version) are out of date."""
+    SyncState.objects.filter(account=account).update(mirror_version=F("mirror_version") + 1)
 
 
 # --- One cycle -----------------------------------------------------------------------------
@@ -520,13 +523,19 @@ def sync_account(
         release(account.name, owner)
 
 
-def refresh_stale_in_background(accounts: Iterable[Account] | None = None) -> list[threading.Thread]:
-    """Called by page views: start a refresh for each stale account, without waiting for it."""
+def refresh_stale_in_background(
+    accounts: Iterable[Account] | None = None, states: Mapping[str, SyncState] | None = None
+) -> list[threading.Thread]:
+    """Called by page views: start a refresh for each stale account, without waiting for it.
+
+    `states`: the accounts' SyncState rows when the view has read them already (an account
+    without one is stale); without it, each account's row is read here.
+    """
     if not settings.SYNC_ON_DEMAND:
         return []
     threads = []
     for account in accounts if accounts is not None else get_accounts().values():
-        if _is_fresh(account.name):
+        if _is_fresh(account.name, states):
             continue
         thread = threading.Thread(
             target=_background_cycle, args=(account,), daemon=True, name=f"sync-{account.name}"
@@ -536,9 +545,13 @@ def refresh_stale_in_background(accounts: Iterable[Account] | None = None) -> li
     return threads
 
 
-def _is_fresh(account_name: str) -> bool:
+def _is_fresh(account_name: str, states: Mapping[str, SyncState] | None = None) -> bool:
     """A cheap read first, so that most page views do no write at all."""
-    state = SyncState.objects.filter(account=account_name).only("last_attempt_at", "running_since").first()
+    if states is None:
+        fields = ("last_attempt_at", "running_since")
+        state = SyncState.objects.filter(account=account_name).only(*fields).first()
+    else:
+        state = states.get(account_name)
     if state is None or state.last_attempt_at is None:
         return False
     now = timezone.now()

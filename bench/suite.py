@@ -278,11 +278,11 @@ class Run:
         active, row = self.created[-1], self.created[-2]
         return [
             Target("list", "/batches/"),
-            Target("row fragment", self.batch_path(row, "row/"), htmx=True),
+            Target("row fragment", self.batch_path(row, "row/"), htmx=True, poll=True),
             Target("detail", self.batch_path(active)),
-            Target("live fragment", self.batch_path(active, "live/"), htmx=True),
+            Target("live fragment", self.batch_path(active, "live/"), htmx=True, poll=True),
             Target("detail", self.batch_path(self.completed_id)),
-            Target("live fragment", self.batch_path(self.completed_id, "live/"), htmx=True),
+            Target("live fragment", self.batch_path(self.completed_id, "live/"), htmx=True, poll=True),
         ]
 
     # --- 1. upstream requests vs viewers (and the load figures) -------------------------------
@@ -338,7 +338,8 @@ class Run:
         targets = [
             Target("ping", "/bench/ping"),
             Target("list", LIST_FILTERED),
-            Target("fragment", self.batch_path(self.created[-1], "live/"), htmx=True),
+            # As htmx polls it: with the version of the fragment shown, so 204 while nothing changed.
+            Target("fragment", self.batch_path(self.created[-1], "live/"), htmx=True, poll=True),
         ]
         for _ in range(o.warmup):
             for target in targets:
@@ -378,8 +379,15 @@ class Run:
         say("5. payload")
         active = self.created[-1]
         targets = [
-            Target("live fragment (poll)", self.batch_path(active, "live/"), htmx=True),
-            Target("row fragment (poll)", self.batch_path(self.created[-2], "row/"), htmx=True),
+            Target("live fragment (poll)", self.batch_path(active, "live/"), htmx=True, poll=True),
+            Target("live fragment (poll, unchanged)", self.batch_path(active, "live/"), htmx=True, poll=True),
+            Target("row fragment (poll)", self.batch_path(self.created[-2], "row/"), htmx=True, poll=True),
+            Target(
+                "row fragment (poll, unchanged)",
+                self.batch_path(self.created[-2], "row/"),
+                htmx=True,
+                poll=True,
+            ),
             Target("list page", "/batches/"),
             Target("list page (status + search)", LIST_FILTERED),
             Target("list results (htmx swap)", "/batches/", htmx=True),

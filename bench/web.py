@@ -19,11 +19,16 @@ STATUS_BADGE = re.compile(r'class="badge status-([a-z_]+)"')
 
 @dataclass(frozen=True)
 class Target:
-    """One URL a viewer asks for; `kind` groups the samples in the report."""
+    """One URL a viewer asks for; `kind` groups the samples in the report.
+
+    `poll`: asked the way htmx polls a fragment, sending back the version (`hx-vals`) that the
+    last fragment received carried, so an unchanged batch answers 204 with no body.
+    """
 
     kind: str
     path: str
     htmx: bool = False
+    poll: bool = False
 
 
 @dataclass
@@ -55,6 +60,7 @@ class DashboardClient:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.session = requests.Session()
+        self.versions: dict[str, str] = {}  # poll path -> the version its fragment carries
 
     def login(self, username: str, password: str) -> None:
         self.session.get(self.base_url + "/login/", timeout=TIMEOUT).raise_for_status()
@@ -78,7 +84,14 @@ class DashboardClient:
     def fetch(self, target: Target) -> tuple[Sample, str]:
         """The sample and the body (a viewer keeps only the sample)."""
         headers = {"HX-Request": "true"} if target.htmx else {}
-        return self._request(target.kind, "GET", target.path, headers=headers)
+        version = self.versions.get(target.path) if target.poll else None
+        params = {"v": version} if version else None
+        sample, body = self._request(target.kind, "GET", target.path, headers=headers, params=params)
+        if target.poll and sample.status == 200:
+            found = POLL_VERSION.search(body)
+            if found:
+                self.versions[target.path] = found.group(1)
+        return sample, body
 
     def post_htmx(self, kind: str, path: str, data: dict[str, str]) -> tuple[Sample, str]:
         """A form POST as htmx sends it: the CSRF token in a header, the page's URL as referer."""
@@ -96,6 +109,9 @@ class DashboardClient:
             return Sample(kind, 0, time.perf_counter() - started, 0, wall, type(exc).__name__), ""
         seconds = time.perf_counter() - started
         return Sample(kind, response.status_code, seconds, len(response.content), wall), response.text
+
+
+POLL_VERSION = re.compile(r"""hx-vals='\{"v": "([0-9a-f]+)"\}'""")
 
 
 def badge_status(html: str) -> str:

@@ -132,8 +132,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Persistent connections, SQLite included: opening one (with its PRAGMAs) for every request is a
+# large share of what a page served from the cache costs.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 
 # Local memory by default; Redis when several instances share the work.
 CACHES = {"default": _parse("CACHE_URL", env.cache_url_config, "locmemcache://")}
@@ -222,6 +224,13 @@ STUCK_AFTER_MINUTES = env.int("STUCK_AFTER_MINUTES", default=30)
 FINALIZING_STUCK_AFTER_MINUTES = env.int("FINALIZING_STUCK_AFTER_MINUTES", default=60)
 CANCELLING_STUCK_AFTER_MINUTES = env.int("CANCELLING_STUCK_AFTER_MINUTES", default=15)
 CANCEL_REASON_MAX_LENGTH = env.int("CANCEL_REASON_MAX_LENGTH", default=500)
+# The list page's results (tabs, summary, table, pager) are cached this long (s) per filter, role
+# and mirror version, so a change to the mirror shows at once; 0 turns the cache off. Relative
+# times in a cached page can lag by as much. The price table is cached PRICES_CACHE_SECONDS (s)
+# per process; an edit in the admin clears it at once in the process that made it (all of them
+# with a shared cache such as Redis).
+LIST_CACHE_SECONDS = env.int("LIST_CACHE_SECONDS", default=15)
+PRICES_CACHE_SECONDS = env.int("PRICES_CACHE_SECONDS", default=60)
 # /healthz?strict=1 answers 503 when an account has not synced successfully for this long (s).
 HEALTHZ_MAX_SYNC_AGE = env.int("HEALTHZ_MAX_SYNC_AGE", default=600)
 # /metrics (Prometheus) answers `Authorization: Bearer <METRICS_TOKEN>` (empty: no token works)

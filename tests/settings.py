@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production-0123456789")
 os.environ.setdefault("STATIC_MANIFEST", "false")
 os.environ.setdefault("SYNC_ON_DEMAND", "false")
+# The database rolls back between tests, the locmem cache does not: a list page or price table
+# cached by one test must not show up in the next. Tests of these caches turn them on.
+os.environ.setdefault("LIST_CACHE_SECONDS", "0")
+os.environ.setdefault("PRICES_CACHE_SECONDS", "0")
 
 from dashboard.settings import *  # noqa: F403
 

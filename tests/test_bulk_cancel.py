@@ -3,12 +3,17 @@ matching a filter, each through its own upstream cancel and audit entry, one aft
 
 from __future__ import annotations
 
+import datetime as dt
 import html
+import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -17,6 +22,7 @@ from batches.audit import verify_chain
 from batches.models import AuditEntry, Batch
 from batches.simulator import Fault, SimClock, Simulator
 from batches.sync import run_cycle, store_batches
+from tests.factories import batch_json, offline_account
 
 CANCEL = "POST /batches/{id}/cancel"
 HTMX = {"HX-Request": "true"}
@@ -221,6 +227,42 @@ def test_the_list_offers_to_cancel_every_matching_batch_with_the_exact_count(
     viewer = text(bob_client.get(reverse("batch_list"), {"q": TAG}))
     assert "data-bulk" not in viewer
     assert 'id="bulk-dialog"' not in viewer
+
+
+@pytest.mark.django_db
+def test_the_lists_count_comes_from_its_aggregate_and_matches_what_a_cancel_checks(alice_client, settings):
+    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
+    objs = [
+        batch_json(status, model=model, metadata={"run": run})
+        for status in ("validating", "in_progress", "finalizing", "cancelling", "completed", "failed")
+        for model in ("gpt-4o-mini", "o4-mini")
+        for run in (TAG, "other")
+    ]
+    store_batches("sim", objs[::2])
+    store_batches("eu", objs[1::2])
+    now = timezone.now()
+    in_progress = Batch.objects.filter(status="in_progress")
+    # A claim in flight takes a batch out of the count; an abandoned one (older than its TTL) does not.
+    in_progress.filter(model="o4-mini").update(cancel_requested_by="x", cancel_requested_at=now)
+    in_progress.filter(model="gpt-4o-mini", account="eu").update(
+        cancel_requested_by="y", cancel_requested_at=now - dt.timedelta(days=1)
+    )
+
+    for params in (
+        {},
+        {"q": TAG},
+        {"status": "active", "model": "o4-mini"},
+        {"account": "eu"},
+        {"status": "failed"},
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            page = text(alice_client.get(reverse("batch_list"), params))
+        expected = bulk.count_for(bulk.filters_from_querystring(urlencode(params)))
+        shown = re.search(r'data-bulk-total="(\d+)"', page)
+        assert (int(shown.group(1)) if shown else 0) == expected, params
+        assert not [q for q in queries.captured_queries if "COUNT(*)" in q["sql"]]
+    # 3 cancellable statuses x 2 models x 2 runs, less the 2 claimed (the abandoned claim counts).
+    assert bulk.count_for(bulk.filters_from_querystring("")) == 3 * 2 * 2 - 2
 
 
 @pytest.mark.django_db

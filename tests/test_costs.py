@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from batches import costs
-from batches.models import Batch, ModelPrice
+from batches.models import Batch, ModelPrice, SyncState
 from batches.sync import store_batches
 from batches.templatetags.cost_tags import usd
 from tests.factories import batch_json, offline_account
@@ -223,6 +223,39 @@ def test_list_summary_costs_a_constant_number_of_queries(bob_client, django_asse
     cache.clear()
     with django_assert_num_queries(len(few.captured_queries)):
         assert bob_client.get(LIST).status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_cached_prices_and_list_follow_every_edit_of_the_table(bob_client, settings):
+    settings.PRICES_CACHE_SECONDS = 60
+    settings.LIST_CACHE_SECONDS = 15
+    for account in ("sim", "eu"):
+        SyncState.objects.create(account=account, import_complete=True)
+    obj = batch_json("completed", model="a", usage=False)
+    obj["usage"] = usage_json(1_000_000, 0, 0)
+    store_batches("sim", [obj])
+
+    def cost() -> str:
+        return summary_cost(bob_client.get(LIST).content.decode())
+
+    assert cost().startswith("— cost")
+    row = price("a", inp="1", cached="1", out="0", discount="0")
+    row.save()  # post_save clears the cached table, and the list's results are keyed on it
+    assert cost() == "≈ $1.00 cost (estimate, prices of 2026-11-01)"
+    with CaptureQueriesContext(connection) as again:
+        assert cost() == "≈ $1.00 cost (estimate, prices of 2026-11-01)"
+    assert not [q for q in again.captured_queries if "batches_modelprice" in q["sql"]]
+    row.input = Decimal(3)
+    row.save()
+    assert cost() == "≈ $3.00 cost (estimate, prices of 2026-11-01)"
+    call_command("load_prices", verbosity=0)  # other models: created, so saved
+    assert cost() == "≈ $3.00 cost (estimate, prices of 2026-11-01)"
+    ModelPrice.objects.filter(model="a").update(input=Decimal(5))  # no signal: still the cached table
+    assert cost() == "≈ $3.00 cost (estimate, prices of 2026-11-01)"
+    call_command("load_prices", "--update", verbosity=0)  # only update()s, and then clears the cache
+    assert cost() == "≈ $5.00 cost (estimate, prices of 2026-11-01)"
+    row.delete()
+    assert cost().startswith("— cost")
 
 
 # --- the price table ------------------------------------------------------------------------------

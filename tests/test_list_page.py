@@ -13,8 +13,10 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from batches.filters import Cursor
+from batches.models import Batch, SyncState
 from batches.sync import store_batches
 from tests.factories import batch_json, offline_account
 
@@ -405,3 +407,164 @@ def test_access(client, charlie_client, bob_client, alice_client):
     assert charlie_client.get(URL).status_code == 403
     assert bob_client.get(URL).status_code == 200
     assert alice_client.get(URL).status_code == 200
+
+
+# --- queries and the cache of the results -------------------------------------------------------
+
+
+def synced(*accounts: str) -> None:
+    """SyncState rows, as every sync makes them: what the list's cache is keyed on."""
+    for account in accounts or ("sim", "eu"):
+        SyncState.objects.update_or_create(
+            account=account, defaults={"last_attempt_at": timezone.now(), "import_complete": True}
+        )
+
+
+def version(account: str = "sim") -> int:
+    return SyncState.objects.get(account=account).mirror_version
+
+
+def aggregates(queries: list[dict[str, str]]) -> list[str]:
+    return [q["sql"] for q in queries if "GROUP BY" in q["sql"]]
+
+
+def batch_queries(queries: list[dict[str, str]]) -> list[str]:
+    return [q["sql"] for q in queries if 'FROM "batches_batch"' in q["sql"]]
+
+
+@pytest.fixture
+def cached_list(settings):  # type: ignore[no-untyped-def]
+    settings.LIST_CACHE_SECONDS = 15
+    settings.PRICES_CACHE_SECONDS = 60
+    synced()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("client_name", ["bob_client", "alice_client"])
+@pytest.mark.parametrize("params", [{}, {"status": "completed", "q": "owner"}])
+def test_at_most_six_queries_and_as_many_at_10_as_at_1000_rows(
+    request, settings, client_name, params, django_assert_max_num_queries, django_assert_num_queries
+):
+    client = request.getfixturevalue(client_name)
+    settings.LIST_CACHE_SECONDS = 0  # every view renders: what a cache miss costs
+    settings.PRICES_CACHE_SECONDS = 60
+    synced()
+    statuses = ["in_progress", "completed", "finalizing", "failed", "cancelling"]
+
+    def fill(start: int, stop: int) -> None:
+        objs = [
+            batch_json(statuses[i % 5], created_at=NOW - i, metadata={"owner": f"team-{i % 7}"})
+            for i in range(start, stop)
+        ]
+        store_batches("sim", objs[: len(objs) // 2])
+        store_batches("eu", objs[len(objs) // 2 :])
+
+    fill(0, 10)
+    get(client, **params)  # the session, the filter menus and the price table are cached after one view
+    with django_assert_max_num_queries(6) as ten:
+        get(client, **params)
+    at_ten = len(ten.captured_queries)  # read now: the queries log is a bounded deque
+    fill(10, 1000)
+    get(client, **params)
+    with django_assert_num_queries(at_ten) as thousand:
+        page = get(client, **params)
+
+    assert len(listed_ids(page)) == 50
+    # The tab counts, the summary, the cost and the operators' bulk count: one aggregate.
+    assert len(aggregates(thousand.captured_queries)) == 1
+    assert len(batch_queries(thousand.captured_queries)) == 2  # that aggregate and the rows
+    assert sum("batches_syncstate" in q["sql"] for q in thousand.captured_queries) == 1
+
+
+@pytest.mark.django_db
+def test_a_cached_list_costs_no_rows_and_no_aggregate_until_the_mirror_changes(
+    bob_client, cached_list, django_assert_max_num_queries
+):
+    first = batch_json("in_progress", metadata={"description": "first one"})
+    store_batches("sim", [first])
+    assert "first one" in get(bob_client)
+
+    with django_assert_max_num_queries(4) as hit:
+        assert "first one" in get(bob_client)
+    assert not batch_queries(hit.captured_queries)
+
+    # A write that bypasses store_batches bumps nothing: the cached results are served.
+    Batch.objects.update(description="changed behind the cache's back")
+    page = get(bob_client)
+    assert "first one" in page and "50/100" in page
+
+    # store_batches of a changed batch bumps the version: the next view renders again.
+    store_batches("sim", [{**first, "request_counts": {"total": 100, "completed": 80, "failed": 0}}])
+    page = get(bob_client)
+    assert "80/100" in page and "50/100" not in page
+    second = batch_json("completed", metadata={"description": "a new one"})
+    store_batches("eu", [second])
+    assert "a new one" in get(bob_client)
+
+
+@pytest.mark.django_db
+def test_the_cache_keeps_the_roles_apart(alice_client, bob_client, cached_list):
+    store_batches("sim", [batch_json("in_progress"), batch_json("validating")])
+
+    def operator_parts(page: str) -> list[str]:
+        return [
+            part
+            for part in ("data-bulk-pick", "cancel-open", "Cancel all 2", "data-bulk-all")
+            if part in page
+        ]
+
+    # Either role first: the other never gets its results.
+    assert operator_parts(get(bob_client)) == []
+    assert len(operator_parts(get(alice_client))) == 4
+    assert operator_parts(get(bob_client)) == []
+    cache.clear()
+    assert len(operator_parts(get(alice_client))) == 4
+    assert operator_parts(get(bob_client)) == []
+    assert len(operator_parts(get(alice_client))) == 4
+
+
+@pytest.mark.django_db
+def test_the_cache_keeps_filters_and_their_notes_apart(bob_client, cached_list):
+    done = batch_json("completed")
+    failed = batch_json("failed")
+    store_batches("sim", [done, failed])
+
+    assert listed_ids(get(bob_client, status="completed")) == [done["id"]]
+    assert listed_ids(get(bob_client, status="failed")) == [failed["id"]]
+    assert listed_ids(get(bob_client, status="completed")) == [done["id"]]
+    # The same valid filters, but what was ignored differs.
+    assert "Ignored the filter" not in get(bob_client, status="failed")
+    assert "Ignored the filter model=" in get(bob_client, status="failed", model="m" * 201)
+    assert "Ignored the filter created_from=nope" in get(bob_client, status="failed", created_from="nope")
+
+
+@pytest.mark.django_db
+def test_nothing_of_the_user_is_inside_the_cached_results(alice_client, cached_list):
+    store_batches("sim", [batch_json("in_progress")])
+
+    page = get(alice_client)
+    results = alice_client.get(URL, headers={"HX-Request": "true"}).content.decode()
+
+    token = re.search(r'"X-CSRFToken": "([^"]+)"', page)
+    assert token and token.group(1) not in results
+    assert "csrfmiddlewaretoken" not in results
+    assert "alice" not in results
+    assert results.strip() in page  # the page carries the very same results
+
+
+@pytest.mark.django_db
+def test_store_batches_bumps_the_mirror_version_only_when_a_row_changes():
+    synced("sim")
+    obj = batch_json("in_progress")
+
+    store_batches("sim", [obj])
+    assert version() == 1
+    store_batches("sim", [obj])  # the same page again: nothing changed
+    assert version() == 1
+    store_batches("sim", [{**obj, "request_counts": {"total": 100, "completed": 60, "failed": 0}}])
+    assert version() == 2
+    store_batches("sim", [batch_json("completed")])  # a new batch
+    assert version() == 3
+    assert not SyncState.objects.filter(account="eu").exists()  # per account, and never made here
+    store_batches("sim", [])
+    assert version() == 3

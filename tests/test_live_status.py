@@ -278,3 +278,35 @@ def test_a_cancelling_row_shows_cancelled_at_the_first_poll_after_the_upstream_d
     assert 'data-status="cancelled"' in third.content.decode()
     assert "hx-trigger" not in third.content.decode()
     assert simulator.stats() == {"GET /batches/{id}": 2}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ACTIVE)
+def test_a_poll_that_already_shows_the_current_state_gets_204_and_no_body(bob_client, status):
+    obj = batch_json(status, total=100, completed=10)
+    store_batches("sim", [obj])
+    version = Batch.objects.get(batch_id=obj["id"]).poll_version()
+
+    for url in fragment_urls(obj):
+        page = bob_client.get(url, headers={"HX-Request": "true"}).content.decode()
+        assert f'hx-vals=\'{{"v": "{version}"}}\'' in page
+
+        unchanged = bob_client.get(url, {"v": version}, headers={"HX-Request": "true"})
+        assert unchanged.status_code == 204 and unchanged.content == b""
+
+        stale = bob_client.get(url, {"v": "0000000000000000"}, headers={"HX-Request": "true"})
+        assert stale.status_code == 200 and "data-poll" in stale.content.decode()
+
+
+@pytest.mark.django_db
+def test_progress_changes_the_poll_version_so_the_next_poll_renders(bob_client):
+    obj = batch_json("in_progress", total=100, completed=10)
+    store_batches("sim", [obj])
+    before = Batch.objects.get(batch_id=obj["id"]).poll_version()
+
+    store_batches("sim", [{**obj, "request_counts": {"total": 100, "completed": 20, "failed": 1}}])
+
+    url = fragment_urls(obj)[0]
+    response = bob_client.get(url, {"v": before}, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert "21/100" in strip_tags(response.content.decode()).replace(" ", "")

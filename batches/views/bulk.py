@@ -117,8 +117,14 @@ def _panel_context(job: dict[str, Any]) -> dict[str, Any]:
     return {"job": job, "job_id": job["id"], "summary": summary, "items": items}
 
 
-def list_context(request: HtmxHttpRequest, filters: BatchFilters) -> dict[str, Any]:
-    """For the list's "Cancel all N" button: operators only (a viewer's page costs no count)."""
+def list_context(request: HtmxHttpRequest, filters: BatchFilters, count: int | None = None) -> dict[str, Any]:
+    """For the list's "Cancel all N" button: operators only (a viewer's page costs no count).
+
+    `count`: bulk.count_for(filters) when the caller knows it already (the list derives it from
+    its aggregate); counted here otherwise.
+    """
     if not can_cancel(request.user):
         return {"bulk_count": 0, "bulk_filter": ""}
-    return {"bulk_count": bulk.count_for(filters), "bulk_filter": bulk.filter_querystring(filters)}
+    if count is None:
+        count = bulk.count_for(filters)
+    return {"bulk_count": count, "bulk_filter": bulk.filter_querystring(filters)}

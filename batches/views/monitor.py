@@ -7,23 +7,28 @@ nothing here waits on the upstream except a download, which has to.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.safestring import mark_safe
+from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from batches import costs, progress, sync
+from batches import costs, listing, progress, sync
 from batches.accounts import get_accounts
 from batches.auth import can_cancel
 from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
-from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options, tabs_and_summary
+from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options
 from batches.models import TIMESTAMP_FIELDS, Batch, SyncState
 from batches.views import bulk as bulk_views
 from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
@@ -60,9 +65,10 @@ class AccountSync:
         return self.state is not None and not self.state.import_complete
 
 
-def sync_status(account_names: list[str]) -> list[AccountSync]:
-    """One query for the accounts the page shows."""
-    states = {s.account: s for s in SyncState.objects.filter(account__in=account_names)}
+def sync_status(account_names: list[str], states: Mapping[str, SyncState] | None = None) -> list[AccountSync]:
+    """One query for the accounts the page shows (none when the view has read their states)."""
+    if states is None:
+        states = listing.read_states(account_names)
     return [AccountSync(name, states.get(name)) for name in account_names]
 
 
@@ -73,32 +79,53 @@ def sync_status(account_names: list[str]) -> list[AccountSync]:
 @viewer_required
 @vary_on_headers("HX-Request")
 def batch_list(request: HtmxHttpRequest) -> HttpResponse:
-    sync.refresh_stale_in_background()
     accounts = sorted(get_accounts())
+    # One read of the accounts' SyncState: the freshness check, the banner and the cache key.
+    states = listing.read_states(accounts)
+    sync.refresh_stale_in_background(states=states)
     filters = BatchFilters.parse(request.GET, accounts)
+    operator = can_cancel(request.user)
+    prices = costs.cached_prices()
+    key = listing.results_key(filters, operator=operator, accounts=accounts, states=states, prices=prices)
+    results = cache.get(key) if key else None
+    if results is None:
+        context = _results_context(request, filters, accounts, operator, prices)
+        results = render_to_string("batches/list.html#results", context, request)
+        if key:
+            cache.set(key, results, settings.LIST_CACHE_SECONDS)
+    # Tabs, pager and filter form swap only the results; a history restore needs the whole page.
+    if request.htmx and not request.htmx.history_restore_request:
+        return HttpResponse(results)
+    page = {"results": mark_safe(results), "sync_accounts": sync_status(accounts, states)}  # noqa: S308
+    return render(request, "batches/list.html", page)
+
+
+def _results_context(
+    request: HtmxHttpRequest,
+    filters: BatchFilters,
+    accounts: list[str],
+    operator: bool,
+    prices: costs.PriceTable,
+) -> dict[str, Any]:
+    """What `batches/list.html#results` needs: the rows, and one aggregate for everything else."""
     mirror = Batch.objects.all()
     # One row more than shown tells whether an older page exists, without a COUNT.
     rows = list(filters.page(mirror).defer(*LIST_DEFERRED)[: PAGE_SIZE + 1])
     batches, older = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
-    tabs, summary = tabs_and_summary(filters, mirror)
-    context = {
+    totals = listing.totals(filters, mirror, prices, cancellable=operator)
+    return {
         "filters": filters,
         "batches": batches,
-        "tabs": tabs,
-        "summary": summary,
+        "tabs": totals.tabs,
+        "summary": totals.summary,
         "options": filter_options(),
         "accounts": accounts,
         "older_query": filters.querystring(before=Cursor.after(batches[-1])) if older else "",
         "newest_query": filters.querystring(before=None) if filters.before else "",
-        "sync_accounts": sync_status(accounts),
-        "cost": costs.summarize(filters.in_tab(filters.matching(mirror))),
+        "cost": totals.cost,
         "where": "row",
-        **bulk_views.list_context(request, filters),
+        **bulk_views.list_context(request, filters, count=totals.cancellable),
     }
-    # Tabs, pager and filter form swap only the results; a history restore needs the whole page.
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "batches/list.html#results", context)
-    return render(request, "batches/list.html", context)
 
 
 def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
@@ -112,6 +139,7 @@ def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
 
 @require_GET
 @viewer_required
+@gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
     batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
     upstream = get_account_or_404(account)
@@ -165,6 +193,7 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
 
 @require_GET
 @viewer_required
+@gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
     # The live part shows the errors but never the raw object.
     batch = _mirrored_batch(account, batch_id, defer=("raw",))
@@ -191,6 +220,8 @@ def _fragment(request: HtmxHttpRequest, template: str, context: dict[str, Any], 
     carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
     if batch.is_terminal:
         return HttpResponseStopPolling(render_to_string(template, context, request))
+    if request.GET.get("v") == batch.poll_version():
+        return HttpResponse(status=204)  # htmx keeps what it shows, and keeps polling
     return render(request, template, context)
 
 

@@ -394,6 +394,8 @@ class Run:
             Target("detail page", self.batch_path(active)),
         ]
         rows = {}
+        # The first poll of each fragment without a version: it is rendered in full, as after a change.
+        client.versions.clear()
         for target in targets:
             sample, body = client.fetch(target)
             rows[target.kind] = {

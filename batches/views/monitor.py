@@ -7,8 +7,9 @@ nothing here waits on the upstream except a download, which has to.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -146,7 +147,7 @@ def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResp
     if sync.refresh_cancelling(upstream, batch):
         batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
     sync.refresh_stale_in_background([upstream])
-    return _fragment(request, "batches/list.html#row", row_context(request, batch), batch)
+    return _fragment(request, "batches/list.html#row", partial(row_context, request, batch), batch)
 
 
 # --- one batch --------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpRes
     if sync.refresh_cancelling(upstream, batch):
         batch = _mirrored_batch(account, batch_id, defer=("raw",))
     sync.refresh_stale_in_background([upstream])
-    return _fragment(request, "batches/detail.html#live", live_context(request, batch), batch)
+    return _fragment(request, "batches/detail.html#live", partial(live_context, request, batch), batch)
 
 
 def _mirrored_batch(account: str, batch_id: str, *, defer: tuple[str, ...]) -> Batch:
@@ -215,14 +216,17 @@ def _mirrored_batch(account: str, batch_id: str, *, defer: tuple[str, ...]) -> B
         raise Http404("No such batch in the mirror.") from None
 
 
-def _fragment(request: HtmxHttpRequest, template: str, context: dict[str, Any], batch: Batch) -> HttpResponse:
+def _fragment(
+    request: HtmxHttpRequest, template: str, context: Callable[[], dict[str, Any]], batch: Batch
+) -> HttpResponse:
     """A polled fragment. At a terminal status, 286 tells htmx to stop; the fragment itself then
-    carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
+    carries no trigger either, since an outerHTML swap of a triggering element would restart it.
+    The context is built only when something is rendered: an unchanged batch costs no query more."""
     if batch.is_terminal:
-        return HttpResponseStopPolling(render_to_string(template, context, request))
+        return HttpResponseStopPolling(render_to_string(template, context(), request))
     if request.GET.get("v") == batch.poll_version():
         return HttpResponse(status=204)  # htmx keeps what it shows, and keeps polling
-    return render(request, template, context)
+    return render(request, template, context())
 
 
 # --- downloads --------------------------------------------------------------------------------

@@ -65,6 +65,20 @@ def charlie_client(charlie: User) -> Client:
 
 
 @pytest.fixture
+def offline_accounts(settings):  # type: ignore[no-untyped-def]
+    """Two accounts, "sim" and "eu", whose upstream is never reached, and an empty cache around
+    the test (the cache, unlike the database, is not rolled back between tests)."""
+    from django.core.cache import cache
+
+    from tests.factories import offline_account
+
+    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
+    cache.clear()
+    yield settings.UPSTREAM_ACCOUNTS
+    cache.clear()
+
+
+@pytest.fixture
 def sim_account(sim_server, settings) -> Iterator[Account]:  # type: ignore[no-untyped-def]
     """The dashboard's only account, "sim", pointed at the live simulator over a real socket."""
     account = Account(name="sim", api_key=SIM_KEY, base_url=sim_server.url.removesuffix("/v1"))

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -23,7 +22,7 @@ from django.utils import timezone
 from batches import tokens
 from batches.models import ApiToken, Batch, ModelPrice
 from batches.sync import store_batches
-from tests.factories import batch_json, offline_account
+from tests.factories import batch_json
 
 LIST = reverse("api_batch_list")
 TOKENS = reverse("api_tokens")
@@ -32,11 +31,8 @@ HOUR = 3600
 
 
 @pytest.fixture(autouse=True)
-def offline(settings):  # type: ignore[no-untyped-def]
-    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
-    cache.clear()
-    yield
-    cache.clear()
+def offline(offline_accounts):  # type: ignore[no-untyped-def]
+    """Every test here runs against the two offline accounts (tests/conftest.py)."""
 
 
 @pytest.fixture

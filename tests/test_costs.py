@@ -20,7 +20,7 @@ from batches import costs
 from batches.models import Batch, ModelPrice, SyncState
 from batches.sync import store_batches
 from batches.templatetags.cost_tags import usd
-from tests.factories import batch_json, offline_account
+from tests.factories import batch_json
 
 LIST = reverse("batch_list")
 NOW = int(time.time())
@@ -28,11 +28,8 @@ DAY = dt.date(2026, 11, 1)
 
 
 @pytest.fixture(autouse=True)
-def offline(settings):  # type: ignore[no-untyped-def]
-    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
-    cache.clear()
-    yield
-    cache.clear()
+def offline(offline_accounts):  # type: ignore[no-untyped-def]
+    """Every test here runs against the two offline accounts (tests/conftest.py)."""
 
 
 def price(

@@ -18,7 +18,7 @@ from django.utils import timezone
 from batches.filters import Cursor
 from batches.models import Batch, SyncState
 from batches.sync import store_batches
-from tests.factories import batch_json, offline_account
+from tests.factories import batch_json
 
 URL = reverse("batch_list")
 NOW = int(time.time())
@@ -26,11 +26,8 @@ HOUR = 3600
 
 
 @pytest.fixture(autouse=True)
-def offline(settings):  # type: ignore[no-untyped-def]
-    settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
-    cache.clear()
-    yield
-    cache.clear()
+def offline(offline_accounts):  # type: ignore[no-untyped-def]
+    """Every test here runs against the two offline accounts (tests/conftest.py)."""
 
 
 def listed_ids(page: str) -> list[str]:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.backends import ModelBackend as BaseModelBackend
 from django.contrib.auth.backends import RemoteUserBackend as BaseRemoteUserBackend
 from django.contrib.auth.middleware import RemoteUserMiddleware as BaseRemoteUserMiddleware
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
+from django.db import connection
 from django.http import HttpRequest
+
+from batches.rows import RowLoader
 
 OPERATORS = "Operators"
 VIEWERS = "Viewers"
@@ -35,7 +42,67 @@ def can_cancel(user: object) -> bool:
     return bool(getattr(user, "has_perm", None)) and user.has_perm(CANCEL_PERMISSION)  # type: ignore[attr-defined]
 
 
-class RemoteUserBackend(BaseRemoteUserBackend):
+class ModelBackend(BaseModelBackend):
+    """Django's ModelBackend with the two lookups every signed-in request makes done cheaply.
+
+    Each request loads its user and then its permissions (a view checks `view_batch`, a page
+    asks whether to show Cancel). Through the ORM that is three queries whose building costs
+    several times their running; here it is one prepared SELECT of the user (batches/rows.py)
+    and one query for the permissions of the user and of the user's groups together. Nothing is
+    kept across requests, so taking a role away applies at the user's next request, as with
+    Django's own backend.
+    tests/test_auth_backend.py holds both backends to the same answers.
+    """
+
+    def get_user(self, user_id: Any) -> Any:
+        try:
+            pk = User._meta.pk.to_python(user_id)
+        except ValidationError:  # a session naming no valid key: signed out, as with Django's
+            return None
+        user = _USERS.get(pk)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
+    def get_all_permissions(self, user_obj: Any, obj: object = None) -> set[str]:
+        if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
+            return set()
+        if user_obj.is_superuser:  # every permission: Django's own query
+            return super().get_all_permissions(user_obj, obj)
+        if not hasattr(user_obj, "_perm_cache"):  # the per-request cache Django's backend keeps
+            with connection.cursor() as cursor:
+                cursor.execute(_permissions_sql(), [user_obj.pk, user_obj.pk])
+                user_obj._perm_cache = {f"{app}.{codename}" for app, codename in cursor.fetchall()}
+        return user_obj._perm_cache
+
+
+_USERS = RowLoader(User, ("id",))
+
+
+# Table names come from django.contrib.auth's models (this project's user model is its User),
+# never from input; the user's id is a parameter.
+@functools.cache
+def _permissions_sql() -> str:
+    """The "app_label.codename" of the user's own permissions and of its groups', in one query."""
+    tables = {
+        "permission": Permission._meta.db_table,
+        "content_type": ContentType._meta.db_table,
+        "user_perms": User.user_permissions.through._meta.db_table,
+        "user_groups": User.groups.through._meta.db_table,
+        "group_perms": Group.permissions.through._meta.db_table,
+    }
+    return (  # noqa: S608
+        "SELECT ct.app_label, p.codename FROM {permission} p"
+        " JOIN {content_type} ct ON ct.id = p.content_type_id"
+        " WHERE p.id IN (SELECT permission_id FROM {user_perms} WHERE user_id = %s)"
+        " OR p.id IN (SELECT gp.permission_id FROM {group_perms} gp"
+        " JOIN {user_groups} ug ON ug.group_id = gp.group_id WHERE ug.user_id = %s)"
+    ).format(**{name: _quote(table) for name, table in tables.items()})
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+class RemoteUserBackend(BaseRemoteUserBackend, ModelBackend):
     """Users first seen through the proxy header start as viewers; an admin may promote them."""
 
     def configure_user(self, request: HttpRequest | None, user: Any, created: bool = True) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from typing import Any
 
@@ -10,11 +11,18 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from batches.rows import RowLoader
+
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 CANCELLABLE_STATUSES = ("validating", "in_progress", "finalizing")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 ALL_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
 POLL_VERSION_SECONDS = 30
+# What a polled fragment's version is made of (Batch.poll_version), with the time bucket.
+POLL_FIELDS = (
+    "status", "request_total", "request_completed", "request_failed", "total_tokens",
+    "output_file_id", "error_file_id", "cancel_requested_by", "cancel_requested_at", "progressed_at",
+)  # fmt: skip
 TIMESTAMP_FIELDS = (
     "created_at",
     "in_progress_at",
@@ -26,6 +34,23 @@ TIMESTAMP_FIELDS = (
     "cancelling_at",
     "cancelled_at",
 )
+
+
+class BatchManager(models.Manager["Batch"]):
+    def lookup(
+        self, account: str, batch_id: str, *, only: tuple[str, ...] = (), defer: tuple[str, ...] = ()
+    ) -> Batch | None:
+        """One batch by its natural key, or None. `only`/`defer` as in QuerySet.only()/defer().
+
+        Every open page polls a batch every few seconds, and most polls end in a 204 right after
+        this lookup: see batches/rows.py for why it is not a QuerySet.
+        """
+        return _loader(only, defer).get(account, batch_id)
+
+
+@functools.cache
+def _loader(only: tuple[str, ...], defer: tuple[str, ...]) -> RowLoader[Batch]:
+    return RowLoader(Batch, ("account", "batch_id"), only=only, defer=defer)
 
 
 class Batch(models.Model):
@@ -78,6 +103,8 @@ class Batch(models.Model):
     # A cancel claimed by the dashboard: at most one upstream cancel in flight per batch.
     cancel_requested_by = models.CharField(max_length=150, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BatchManager()
 
     class Meta:
         constraints = [
@@ -157,11 +184,7 @@ class Batch(models.Model):
         204 No Content while nothing changed: no rendering, no bytes. The time bucket makes
         relative times and the stuck flag move on at least every POLL_VERSION_SECONDS."""
         now = now or timezone.now()
-        shown = (
-            self.status, self.request_total, self.request_completed, self.request_failed,
-            self.total_tokens, self.output_file_id, self.error_file_id, self.cancel_requested_by,
-            self.cancel_requested_at, self.progressed_at, int(now.timestamp() // POLL_VERSION_SECONDS),
-        )  # fmt: skip
+        shown = (*(getattr(self, name) for name in POLL_FIELDS), int(now.timestamp() // POLL_VERSION_SECONDS))
         return hashlib.blake2b(repr(shown).encode(), digest_size=8).hexdigest()
 
     def get_stuck_reason(self, now: dt.datetime | None = None) -> str:

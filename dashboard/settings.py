@@ -253,7 +253,7 @@ WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
 # Single sign-on behind an authenticating proxy: the header that carries the user name,
 # e.g. HTTP_X_REMOTE_USER. Empty (the default) means the header is ignored.
 REMOTE_USER_HEADER = env.str("REMOTE_USER_HEADER", default="")
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "batches.auth.ModelBackend"]
 if REMOTE_USER_HEADER:
     AUTHENTICATION_BACKENDS.append("batches.auth.RemoteUserBackend")
 # The header a trusted proxy sets to the client address (e.g. HTTP_X_FORWARDED_FOR); empty

@@ -11,12 +11,19 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from batches import sync
 from batches.accounts import Account
 from batches.auth import ensure_roles
 
 pytest_plugins = ["tests.sim_fixtures", "tests.browser_fixtures"]
 
 SIM_KEY = "sk-sim-local"
+
+
+@pytest.fixture(autouse=True)
+def forget_freshness() -> None:
+    """The per-process "mirror fresh until" shortcut would outlive the SyncState rows a test rolls back."""
+    sync._fresh_until.clear()
 
 
 def _user(username: str, group: str | None) -> User:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import time
 
 import pytest
 from django.core.cache import cache
@@ -14,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import strip_tags
 
+from batches import sync
 from batches.accounts import Account
 from batches.models import Batch, SyncState
 from batches.sync import run_cycle, store_batches
@@ -310,3 +312,66 @@ def test_progress_changes_the_poll_version_so_the_next_poll_renders(bob_client):
     response = bob_client.get(url, {"v": before}, headers={"HX-Request": "true"})
     assert response.status_code == 200
     assert "21/100" in strip_tags(response.content.decode()).replace(" ", "")
+
+
+HX = {"HX-Request": "true"}
+
+
+@pytest.mark.django_db
+def test_an_unchanged_poll_reads_only_what_its_version_is_made_of(
+    bob_client, settings, django_assert_num_queries
+):
+    settings.SYNC_ON_DEMAND = True
+    obj = batch_json("in_progress", total=100, completed=10, metadata={"owner": "ana"})
+    store_batches("sim", [obj])
+    SyncState.objects.update_or_create(account="sim", defaults={"last_attempt_at": timezone.now()})
+    version = Batch.objects.get(batch_id=obj["id"]).poll_version()
+
+    for url in fragment_urls(obj):
+        bob_client.get(url, {"v": version}, headers=HX)  # reads the mirror's freshness, once
+        # The user, the user's permissions, the batch's versioned fields: no SyncState, no render.
+        with django_assert_num_queries(3) as queries:
+            assert bob_client.get(url, {"v": version}, headers=HX).status_code == 204
+        batch_sql = queries.captured_queries[-1]["sql"]
+        assert "request_completed" in batch_sql
+        assert "metadata" not in batch_sql and '"raw"' not in batch_sql
+
+
+@pytest.mark.django_db
+def test_a_fresh_mirror_is_read_again_only_once_it_may_have_gone_stale(settings, django_assert_num_queries):
+    settings.SYNC_ON_DEMAND = True
+    settings.REFRESH_INTERVAL = 1
+    now = timezone.now()
+    SyncState.objects.create(account="sim", last_attempt_at=now - dt.timedelta(seconds=0.6))
+
+    with django_assert_num_queries(1):
+        assert sync._is_fresh("sim") and sync._is_fresh("sim")
+    time.sleep(0.5)
+    with django_assert_num_queries(1):
+        assert not sync._is_fresh("sim")
+
+    # Fresh only because a cycle runs: read every time, since that cycle may die.
+    SyncState.objects.filter(account="sim").update(running_since=now)
+    with django_assert_num_queries(2):
+        assert sync._is_fresh("sim") and sync._is_fresh("sim")
+
+
+@pytest.mark.django_db
+def test_lookup_loads_what_the_orm_loads():
+    obj = batch_json("failed", total=10, completed=3, failed=7, metadata={"owner": "ana"})
+    store_batches("sim", [obj])
+    orm = Batch.objects.get(account="sim", batch_id=obj["id"])
+
+    whole = Batch.objects.lookup("sim", obj["id"])
+    assert whole is not None and whole.get_deferred_fields() == set()
+    for field in Batch._meta.concrete_fields:
+        assert getattr(whole, field.attname) == getattr(orm, field.attname), field.name
+    assert whole.created_at.tzinfo is not None and whole.metadata == {"owner": "ana"}
+
+    polled = Batch.objects.lookup("sim", obj["id"], only=("status", "request_failed"))
+    assert polled is not None and (polled.pk, polled.status, polled.request_failed) == (orm.pk, "failed", 7)
+    assert "raw" in polled.get_deferred_fields() and "status" not in polled.get_deferred_fields()
+    assert "raw" in Batch.objects.lookup("sim", obj["id"], defer=("raw",)).get_deferred_fields()
+
+    assert Batch.objects.lookup("eu", obj["id"]) is None
+    assert Batch.objects.lookup("sim", "batch_not_mirrored") is None

@@ -28,15 +28,19 @@ def get_account_or_404(name: str) -> Account:
     return account
 
 
-def get_batch_or_404(account_name: str, batch_id: str) -> Batch:
-    """A malformed id or an unknown account is a 404 here, before anything could go upstream."""
+def get_batch_or_404(
+    account_name: str, batch_id: str, *, only: tuple[str, ...] = (), defer: tuple[str, ...] = ()
+) -> Batch:
+    """A malformed id or an unknown account is a 404 here, before anything could go upstream.
+
+    `only`/`defer`: the fields to load (the row never shows `raw`, which can be large)."""
     get_account_or_404(account_name)
     if not BATCH_ID_RE.fullmatch(batch_id):
         raise Http404("Not a batch id.")
-    try:
-        return Batch.objects.get(account=account_name, batch_id=batch_id)
-    except Batch.DoesNotExist:
-        raise Http404("No such batch in the mirror.") from None
+    batch = Batch.objects.lookup(account_name, batch_id, only=only, defer=defer)
+    if batch is None:
+        raise Http404("No such batch in the mirror.")
+    return batch
 
 
 def viewer_required(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -28,9 +27,9 @@ from django_htmx.http import HttpResponseStopPolling
 from batches import costs, listing, progress, sync
 from batches.accounts import get_accounts
 from batches.auth import can_cancel
-from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
+from batches.client import InvalidIdError, UpstreamError, validate_file_id
 from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options
-from batches.models import TIMESTAMP_FIELDS, Batch, SyncState
+from batches.models import POLL_FIELDS, TIMESTAMP_FIELDS, Batch, SyncState
 from batches.views import bulk as bulk_views
 from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
 
@@ -142,12 +141,7 @@ def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
 @viewer_required
 @gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
-    batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
-    upstream = get_account_or_404(account)
-    if sync.refresh_cancelling(upstream, batch):
-        batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
-    sync.refresh_stale_in_background([upstream])
-    return _fragment(request, "batches/list.html#row", partial(row_context, request, batch), batch)
+    return _poll(request, account, batch_id, "batches/list.html#row", row_context, defer=LIST_DEFERRED)
 
 
 # --- one batch --------------------------------------------------------------------------------
@@ -197,36 +191,32 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
 @gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
     # The live part shows the errors but never the raw object.
-    batch = _mirrored_batch(account, batch_id, defer=("raw",))
-    upstream = get_account_or_404(account)
-    if sync.refresh_cancelling(upstream, batch):
-        batch = _mirrored_batch(account, batch_id, defer=("raw",))
-    sync.refresh_stale_in_background([upstream])
-    return _fragment(request, "batches/detail.html#live", partial(live_context, request, batch), batch)
+    return _poll(request, account, batch_id, "batches/detail.html#live", live_context, defer=("raw",))
 
 
-def _mirrored_batch(account: str, batch_id: str, *, defer: tuple[str, ...]) -> Batch:
-    """get_batch_or_404's checks (nothing malformed reaches a query), without the deferred fields."""
-    get_account_or_404(account)
-    if not BATCH_ID_RE.fullmatch(batch_id):
-        raise Http404("Not a batch id.")
-    try:
-        return Batch.objects.defer(*defer).get(account=account, batch_id=batch_id)
-    except Batch.DoesNotExist:
-        raise Http404("No such batch in the mirror.") from None
-
-
-def _fragment(
-    request: HtmxHttpRequest, template: str, context: Callable[[], dict[str, Any]], batch: Batch
+def _poll(
+    request: HtmxHttpRequest,
+    account: str,
+    batch_id: str,
+    template: str,
+    context: Callable[[HtmxHttpRequest, Batch], dict[str, Any]],
+    *,
+    defer: tuple[str, ...],
 ) -> HttpResponse:
-    """A polled fragment. At a terminal status, 286 tells htmx to stop; the fragment itself then
-    carries no trigger either, since an outerHTML swap of a triggering element would restart it.
-    The context is built only when something is rendered: an unchanged batch costs no query more."""
-    if batch.is_terminal:
-        return HttpResponseStopPolling(render_to_string(template, context(), request))
-    if request.GET.get("v") == batch.poll_version():
-        return HttpResponse(status=204)  # htmx keeps what it shows, and keeps polling
-    return render(request, template, context())
+    """A polled fragment. The poll sends the version of the fragment it shows (`hx-vals`): while
+    the batch is unchanged, 204 tells htmx to keep it, after reading only what the version is made
+    of (most polls end here). At a terminal status, 286 tells htmx to stop; the fragment itself then
+    carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
+    # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
+    batch = get_batch_or_404(account, batch_id, only=("account", "batch_id", *POLL_FIELDS))
+    upstream = get_account_or_404(account)
+    refreshed = sync.refresh_cancelling(upstream, batch)
+    sync.refresh_stale_in_background([upstream])
+    if not refreshed and not batch.is_terminal and request.GET.get("v") == batch.poll_version():
+        return HttpResponse(status=204)
+    batch = get_batch_or_404(account, batch_id, defer=defer)
+    html = render_to_string(template, context(request, batch), request)
+    return HttpResponseStopPolling(html) if batch.is_terminal else HttpResponse(html)
 
 
 # --- downloads --------------------------------------------------------------------------------
@@ -237,7 +227,7 @@ def _fragment(
 def file_download(request: HtmxHttpRequest, account: str, batch_id: str, file_id: str) -> HttpResponseBase:
     """Stream a batch's output or error file from the upstream, without keeping it here."""
     upstream = get_account_or_404(account)
-    batch = _mirrored_batch(account, batch_id, defer=LIST_DEFERRED)
+    batch = get_batch_or_404(account, batch_id, defer=LIST_DEFERRED)
     try:
         validate_file_id(file_id)
     except InvalidIdError:

@@ -25,6 +25,7 @@ from batches import bulk
 from batches.costs import CostSummary, PriceTable, summarize_usage
 from batches.filters import STATUS_SUMS, TABS, BatchFilters, Summary, Tab, tabs_and_summary_of
 from batches.models import CANCELLABLE_STATUSES, Batch, SyncState
+from batches.rows import RowLoader
 
 CACHE_PREFIX = "batches:list-results:"
 
@@ -82,10 +83,14 @@ def totals(
 def read_states(account_names: list[str]) -> dict[str, SyncState]:
     """The accounts' SyncState rows, one query: for the freshness check, the banner and the key.
 
-    The table has a row per account: reading it whole is cheaper than building the filter.
+    The table has a row per account: reading it whole is cheaper than building the filter, and
+    every list view reads it, so through a prepared SELECT (batches/rows.py).
     """
     wanted = set(account_names)
-    return {s.account: s for s in SyncState.objects.all() if s.account in wanted}
+    return {s.account: s for s in _SYNC_STATES.all() if s.account in wanted}
+
+
+_SYNC_STATES = RowLoader(SyncState, ())
 
 
 def results_key(

@@ -1,4 +1,4 @@
-"""One model instance by its key, for the lookups every signed-in request and every poll repeats.
+"""Model instances by their key, for the lookups every signed-in request and every poll repeats.
 
 The ORM builds and compiles a query each time (several times the cost of an indexed SELECT here),
 and raw() resolves its columns against the model each time too. A RowLoader writes its SELECT
@@ -32,17 +32,25 @@ class RowLoader[M: models.Model]:
         self._converters = threading.local()
 
     def get(self, *params: Any) -> M | None:
+        """The row whose key has these values, or None."""
+        found = self.all(*params)
+        return found[0] if found else None
+
+    def all(self, *params: Any) -> list[M]:
+        """Every row whose key has these values (every row of the table for an empty key)."""
         connection = connections[router.db_for_read(self.model)]
         with connection.cursor() as cursor:
             cursor.execute(self._sql_for(connection), params)
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        values = list(row)
-        for i, col, converters in self._converters_for(connection):
-            for convert in converters:
-                values[i] = convert(values[i], col, connection)
-        return self.model.from_db(connection.alias, self.attnames, values)
+            rows = cursor.fetchall()
+        converting = self._converters_for(connection)
+        instances = []
+        for row in rows:
+            values = list(row)
+            for i, col, converters in converting:
+                for convert in converters:
+                    values[i] = convert(values[i], col, connection)
+            instances.append(self.model.from_db(connection.alias, self.attnames, values))
+        return instances
 
     def _converters_for(self, connection: Any) -> list[tuple[int, Any, list[Any]]]:
         """The columns that need converting, with their converters, as the ORM's compiler finds
@@ -65,5 +73,6 @@ class RowLoader[M: models.Model]:
             where = " AND ".join(f"{quote(column)} = %s" for column in self.key_columns)
             table = quote(self.model._meta.db_table)
             # Names from the model's metadata, never from input; the values are parameters.
-            self._sql[connection.vendor] = f"SELECT {columns} FROM {table} WHERE {where}"  # noqa: S608
+            sql = f"SELECT {columns} FROM {table}"  # noqa: S608
+            self._sql[connection.vendor] = f"{sql} WHERE {where}" if where else sql
         return self._sql[connection.vendor]

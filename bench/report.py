@@ -370,31 +370,46 @@ def _latency_section(results: Results) -> str:
     lat = results.latency
     s: dict[str, LatencySummary] = lat["summaries"]
     floor = s["ping"].median
+    kinds = list(lat["paths"])  # older runs have no signed-in ping
     rows = [
         [f"{kind} `{generic(lat['paths'][kind])}`", s[kind].count, s[kind].errors, ms(s[kind].median),
          ms(s[kind].p90), ms(s[kind].p99), ratio(s[kind].median / floor)]
-        for kind in ("ping", "list", "fragment")
+        for kind in kinds
     ]  # fmt: skip
     split_rows = []
-    for kind in ("ping", "list", "fragment"):
+    for kind in kinds:
         for during, label in ((True, "while a refresh ran"), (False, "otherwise")):
             part: LatencySummary = lat["by_refresh"][kind][during]
             split_rows.append([kind, label, part.count, ms(part.median), ms(part.p99)])
     o = results.options
     mirrored = results.sync.get("first", {}).get("mirrored", 0)
+    signed_in = (
+        " The signed-in ping is the same trivial view behind the check every page of the dashboard makes "
+        "first (signed in, and a viewer): what loading the session, the user and the permissions costs, "
+        "for comparison; the targets are against the bare ping."
+        if "signed-in ping" in s
+        else ""
+    )
     return "\n\n".join(
         [
             "## 2. Page latency against the floor",
-            "One signed-in client, sequential requests, the three pages interleaved "
+            "One signed-in client, sequential requests, the pages interleaved "
             f"({o.warmup} rounds to warm up, then {o.samples}), timed at the client over HTTP. The list "
             f"shows {lat['list_rows_shown']} rows of {mirrored:,} mirrored (`status=completed`, metadata "
-            "search `q=owner`); the fragment is the live part of an in-progress batch's detail page; the "
-            "floor is the median of `/bench/ping`.",
+            "search `q=owner`); the fragment is the live part of an in-progress batch's detail page, polled "
+            "as htmx polls it (with the version it shows, so an unchanged batch answers 204); the floor is "
+            f"the median of `/bench/ping`.{signed_in}",
             table(["Page", "Requests", "Errors", "Median", "p90", "p99", "Median / floor"], rows),
-            f"The same requests, split by whether one of the {lat['cycles']} on-demand refresh cycles of "
-            f"the window (median {median_or_nan(lat['cycle_seconds']):.1f} s each) was running in a "
-            "worker while they were served:",
-            table(["Page", "Served", "Requests", "Median", "p99"], split_rows),
+            *(
+                [
+                    f"The same requests, split by whether one of the {lat['cycles']} on-demand refresh "
+                    f"cycles of the window (median {median_or_nan(lat['cycle_seconds']):.1f} s each) was "
+                    "running in a worker while they were served:",
+                    table(["Page", "Served", "Requests", "Median", "p99"], split_rows),
+                ]
+                if lat["cycles"]
+                else ["No on-demand refresh cycle ran in a worker while these requests were served."]
+            ),
         ]
     )
 
@@ -533,19 +548,18 @@ def _profile_section(results: Results) -> str:
             f"Median {ms(p['median_seconds'])} per view over {p['repeat']} views without the profiler; "
             f"{len(queries)} queries taking {sql_total * 1000:.1f} ms together (each re-run with its rows "
             f"fetched). Under cProfile (which slows Python code down) a view took {ms(per_view)}, "
-            f"{render_s / per_view:.0%} of it in template rendering (`django.shortcuts.render`).",
+            f"{render_s / per_view:.0%} of it in template rendering (`render_to_string`).",
             table(
                 ["Time", "SQL (truncated)"],
                 [[f"{q['seconds'] * 1000:.2f} ms", f"`{q['sql'][:140]}`"] for q in queries],
             ),
         ]
-        if name == "list":
-            parts += [
-                "Busiest functions by their own time, per view:",
-                _functions(p["by_self"]),
-                "The app's own functions by cumulative time, per view:",
-                _functions(p["app_cumulative"]),
-            ]
+        parts += [
+            "Busiest functions by their own time, per view:",
+            _functions(p["by_self"]),
+            "The app's own functions by cumulative time, per view:",
+            _functions(p["app_cumulative"]),
+        ]
     if not parts:
         return ""
     head = (

@@ -64,14 +64,11 @@ def _refresh_cost(results: Results) -> str:
         else "."
     )
     if sp:
-        share = sp["bulk_update_seconds"] / sp["seconds"] if sp["seconds"] else math.nan
         text += (
             f" Profiled, a cycle of {_plural(sp['requests'], 'request')} took {sp['seconds']:.2f} s, "
-            f"{sp['store_seconds']:.2f} s of it in `store_batches` and {sp['bulk_update_seconds']:.2f} s "
-            f"({share:.0%}) in Django's `QuerySet.bulk_update`: every cycle rewrites the "
-            f"{sp['active_mirrored']} mirrored active batches (their counts move all the time), and "
-            "`bulk_update` builds a `CASE WHEN pk=… THEN …` expression for each of the 34 `UPDATE_FIELDS` of "
-            "every changed row, which is pure Python work holding the GIL."
+            f"{sp['store_seconds']:.2f} s of it in `store_batches`, which writes one narrow `UPDATE` per "
+            f"changed row: of the {sp['active_mirrored']} mirrored active batches, most move their counts "
+            "between two cycles. That is Python work holding the GIL while the worker serves pages."
         )
     return text
 
@@ -216,12 +213,8 @@ def _list_p99(results: Results) -> str:
         + split
         + _refresh_cost(results)
         + " Meanwhile the request thread of that worker waits for the GIL, and on 2 cores the other "
-        "worker shares the CPU with it. Suggested fix: make a cycle cheap — in `store_batches` update "
-        "only the fields that changed (mostly the request counts, usage, `raw` and `synced_at`) or send "
-        "plain per-row `UPDATE`s in one transaction instead of `bulk_update` over 34 fields — and take "
-        "the cycle out of the web workers: let the `sync_batches` worker do the refreshing, or have a "
-        "stale page only mark the account as wanted and let that worker pick it up. The caching suggested "
-        "for the list's median leaves a wide margin under 100 ms as well."
+        "worker shares the CPU with it. Suggested fix: take the cycles out of the web workers: run the "
+        "`sync_batches` worker with SYNC_ON_DEMAND=false, so that page views never refresh the mirror."
     )
 
 
@@ -229,39 +222,16 @@ def _queries_list(results: Results) -> str:
     pages = _largest_query_run(results)
     sql = pages["list"]["sql"] if pages else []
     kinds = [_query_kind(q) for q in sql]
-    sync_state = kinds.count("SyncState")
-    permissions = sum(1 for q in sql if "auth_permission" in q)
-    saved = max(sync_state - 1, 0) + permissions
-    repeated = sorted({k for k in kinds if kinds.count(k) > 1 and k != "SyncState"})
-    text = (
-        f"The list's {len(sql)} queries: {', '.join(kinds)}. Per request, the permission check loads the "
-        f"user's and the groups' permissions ({permissions} `auth_permission` queries)"
-    )
-    if sync_state > 1:
-        text += (
-            f", and the mirror's freshness is read {sync_state} times (`sync._is_fresh` before nudging a "
-            "refresh, then `monitor.sync_status` for the banner)"
-        )
-    text += (
-        ". Suggested fix: read the accounts' `SyncState` rows once per request and pass them to both "
-        "callers, and keep the viewer's permission set in the session or the cache; together that saves "
-        f"{saved} ({len(sql)} → {len(sql) - saved})."
-    )
+    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+    text = f"The list's {len(sql)} queries: {', '.join(kinds)}."
+    if repeated:
+        text += f" Queried more than once: {', '.join(repeated)}."
     groups = [_group_by(q) for q in sql if "GROUP BY" in q]
     if len(groups) > 1:
         columns = list(dict.fromkeys(c for g in groups for c in g))
         text += (
-            f" {len(groups)} aggregates scan the same filtered batches ("
-            + ", ".join("GROUP BY " + ", ".join(g) for g in groups)
-            + f"): one `GROUP BY {', '.join(columns)}` could feed them all."
-        )
-    repeated = [k for k in repeated if k != "an aggregate (GROUP BY)"]
-    if repeated:
-        text += f" Also queried more than once: {', '.join(repeated)}."
-    if len(sql) - saved > 6:
-        text += (
-            " To reach 6, fold the per-page totals into one aggregate over the filtered batches, or cache "
-            "them per mirror version (see the list-ratio miss)."
+            f" {len(groups)} aggregates scan the same filtered batches: one `GROUP BY {', '.join(columns)}` "
+            "(`listing.totals`) could feed them all."
         )
     return text
 
@@ -305,23 +275,23 @@ def _payload_live(results: Results) -> str:
     live = results.payload["live fragment (poll)"]
     parts = live["parts"]
     return (
-        f"The live fragment is the whole live section of the detail page, re-sent on every poll: "
+        f"The live fragment is the whole live section of the detail page, sent whenever the batch changed: "
         f"{parts['svg']:,} bytes of inline SVG (the chart, up to 240 points, and the progress bar), "
         f"{parts['tables']:,} "
         f"bytes of tables (timeline, usage, files, errors) and {parts['rest']:,} bytes of status, "
-        f"progress, rate, ETA and cancel controls; gzipped it would be {live['gzip_bytes']:,} bytes, "
-        "but the app does not compress. Suggested fix: poll only the part that changes with the counts "
-        "(status, progress bar, counts, rate/ETA: a few hundred bytes) and refresh the chart and the "
-        "tables when the status or the sample count changes, or answer 204 when nothing changed (see "
-        "the fragment latency miss); compress responses at the proxy or with `GZipMiddleware`."
+        f"progress, rate, ETA and cancel controls, {live['gzip_bytes']:,} bytes as sent gzipped; an "
+        "unchanged batch already gets 204. Suggested fix: poll only the part that changes with the "
+        "counts (status, progress bar, counts, rate/ETA: a few hundred bytes) and refresh the chart and "
+        "the tables when the status or the sample count changes."
     )
 
 
 def _payload_row(results: Results) -> str:
     row = results.payload["row fragment (poll)"]
     return (
-        f"The row fragment is {row['bytes']:,} bytes ({row['gzip_bytes']:,} gzipped). Suggested fix: "
-        "answer 204 to a poll when the row has not changed, and compress responses."
+        f"The row fragment is {row['bytes']:,} bytes ({row['gzip_bytes']:,} as sent gzipped; an "
+        "unchanged row already gets 204). Suggested fix: leave out of the row what only the detail page "
+        "needs (the inline SVG progress bar could be a CSS width)."
     )
 
 
@@ -329,10 +299,11 @@ def _cancel(results: Results) -> str:
     trials = [t for t in results.cancel["trials"] if "until_refresh" in t]
     o = results.options
     text = (
-        "The row fragment only reads the mirror, and the mirror learns of the `cancelled` status only "
-        "through an account-wide refresh, which a poll starts in the background when the mirror is older "
-        f"than REFRESH_INTERVAL ({o.refresh_interval} s, counted from the end of the previous cycle) — "
-        "while that poll itself still answers from the old mirror. "
+        "While a batch is `cancelling`, its row and live polls retrieve that one batch "
+        "(`sync.refresh_cancelling`: one `GET /batches/{id}` per POLL_INTERVAL, whoever watches) and "
+        "wait up to `sync.CANCELLING_WAIT_SECONDS` for it, so a poll shows `cancelled` as soon as the "
+        "upstream says so, unless the upstream answers slower than that wait; otherwise the "
+        f"account-wide refresh (REFRESH_INTERVAL = {o.refresh_interval} s) brings it. "
     )
     if trials:
         text += (
@@ -340,18 +311,7 @@ def _cancel(results: Results) -> str:
             f"{_median([t['until_refresh'] for t in trials]):.2f} s (median) until a refresh cycle started, "
             f"then {_median([t['then_shown'] for t in trials]):.2f} s until a poll showed what it stored. "
         )
-    text += (
-        "So even at best the confirmation costs two polls after the upstream change (one starts the "
-        f"refresh, the next shows it): twice POLL_INTERVAL, {2 * o.poll_interval} s, the target's limit, and "
-        "any wait for REFRESH_INTERVAL comes on top. "
-        + _refresh_cost(results)
-        + " Suggested fix: while a batch is `cancelling` after a dashboard cancel, let its row or live "
-        "poll retrieve that one batch itself (`sync.refresh_one`, one `GET /batches/{id}`) when its copy "
-        "is older than POLL_INTERVAL, before rendering, coalesced by a per-batch lease (a conditional "
-        "`UPDATE` on the row, like the cancel claim) so that any number of viewers cause one upstream "
-        "request per interval; the first poll after the upstream change then shows it."
-    )
-    return text
+    return text + _refresh_cost(results)
 
 
 # --- helpers -----------------------------------------------------------------------------------------

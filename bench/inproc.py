@@ -255,7 +255,6 @@ def cmd_sync_profile(args: argparse.Namespace) -> dict[str, Any]:
         "retrieved": result.retrieved if result else None,
         "active_mirrored": active,
         "store_seconds": _cumulative(stats, "batches/sync.py", "store_batches"),
-        "bulk_update_seconds": _cumulative(stats, "django/db/models/query.py", "bulk_update"),
         "app_cumulative": _profile_summary(stats, 1, args.top)["app_cumulative"],
     }
 

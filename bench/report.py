@@ -472,8 +472,7 @@ def _sync_section(results: Results) -> str:
             "One more refresh cycle, profiled in-process at the end of the web benchmarks (what a stale "
             f"page view runs in a worker's background thread): {sp['requests']} requests "
             f"({sp['list_pages']} list pages, {sp['retrieved']} retrieves) in {sp['seconds']:.2f} s under "
-            f"cProfile, of which {sp['store_seconds']:.2f} s storing the pages (`store_batches`), "
-            f"{sp['bulk_update_seconds']:.2f} s of it in `QuerySet.bulk_update`; "
+            f"cProfile, of which {sp['store_seconds']:.2f} s storing the pages (`store_batches`); "
             f"{sp['active_mirrored']} active batches were mirrored."
         )
     return "\n\n".join(parts)

@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.dispatch import Signal
@@ -46,12 +45,11 @@ class CancelOutcome:
 
 
 def claim_ttl() -> dt.timedelta:
-    """How long a claim can be in flight: every attempt the client may make, at full timeouts.
+    """How long a claim can be in flight: as long as a sync lease, the longest upstream call.
 
     A claim older than that belongs to a process that died mid-request; it may be taken over.
     """
-    attempt = settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT
-    return dt.timedelta(seconds=attempt * (settings.UPSTREAM_MAX_RETRIES + 1) + 60)
+    return dt.timedelta(seconds=sync.lease_seconds())
 
 
 def claim_is_active(batch: Batch, now: dt.datetime | None = None) -> bool:

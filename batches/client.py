@@ -43,6 +43,9 @@ BATCH_ID_RE = re.compile(r"batch_[A-Za-z0-9_-]{1,100}", re.ASCII)
 FILE_ID_RE = re.compile(r"file-[A-Za-z0-9_-]{1,100}", re.ASCII)
 
 MAX_PAGE_LIMIT = 100
+BACKOFF_CAP_SECONDS = 8.0
+# A longer Retry-After is reported to the caller instead of slept.
+MAX_RETRY_AFTER_SECONDS = 60.0
 # A page of 100 batches is well under 1 MiB; anything far larger is a misbehaving upstream, and
 # holding it in memory would let it exhaust ours.
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -348,6 +351,13 @@ def _positive_finite(value: float) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def longest_call_seconds(connect_timeout: float, read_timeout: float, max_retries: int) -> float:
+    """The longest one call of an UpstreamClient (built with these settings and the default waits)
+    can take: every attempt at full timeouts, and the longest wait it sleeps between two."""
+    wait = max(MAX_RETRY_AFTER_SECONDS, BACKOFF_CAP_SECONDS)
+    return (max_retries + 1) * (connect_timeout + read_timeout) + max_retries * wait
+
+
 def parse_retry_after(headers: Any, now: float) -> float | None:
     """Seconds the upstream asked us to wait, from `retry-after-ms` or `Retry-After` (seconds or an
     HTTP date); None when absent, unreadable, zero or in the past (then our own backoff applies)."""
@@ -477,8 +487,8 @@ class UpstreamClient:
         read_timeout: float = 30.0,
         max_retries: int = 2,
         backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        max_retry_after: float = 60.0,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
+        max_retry_after: float = MAX_RETRY_AFTER_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = random.random,
     ) -> None:

@@ -38,7 +38,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from batches.accounts import Account, get_accounts
-from batches.client import BATCH_ID_RE, UpstreamClient, UpstreamError
+from batches.client import BATCH_ID_RE, UpstreamClient, UpstreamError, longest_call_seconds
 from batches.models import ACTIVE_STATUSES, TERMINAL_STATUSES, TIMESTAMP_FIELDS, Batch, BatchSample, SyncState
 
 log = logging.getLogger("batches.sync")
@@ -460,10 +460,13 @@ def _record(state: SyncState, result: CycleResult, seconds: float) -> None:
 
 
 def lease_seconds() -> float:
-    """A lease outlives the longest single upstream request (every retry at full timeouts); the
-    holder renews it before each request, so only a holder that died lets it run out."""
-    attempt = settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT
-    return attempt * (settings.UPSTREAM_MAX_RETRIES + 1) + 60
+    """A lease outlives the longest single upstream call (its retries and the waits between them
+    included); the holder renews it before each call, so only a holder that died lets it run out.
+    A cancel claim is held for as long (cancel.claim_ttl)."""
+    longest = longest_call_seconds(
+        settings.UPSTREAM_CONNECT_TIMEOUT, settings.UPSTREAM_READ_TIMEOUT, settings.UPSTREAM_MAX_RETRIES
+    )
+    return longest + 60
 
 
 def _dead_here(owner: str) -> bool:

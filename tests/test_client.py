@@ -30,6 +30,7 @@ from batches.client import (
     UpstreamError,
     api_base_url,
     client_for,
+    longest_call_seconds,
     redact,
     validate_batch_id,
     validate_file_id,
@@ -874,6 +875,22 @@ def test_retry_after_beyond_the_cap_raises_at_once(
     assert info.value.retry_after == 120
     assert info.value.kind == "rate_limited"
     assert "asked to wait 120 s" in info.value.message
+
+
+def test_the_longest_call_covers_every_wait_the_client_sleeps(
+    client: UpstreamClient, rsps: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    # The sync lease and the cancel claim last longest_call_seconds: the longest Retry-After the
+    # client still sleeps, every time, must fit in it beside every attempt timing out.
+    url = f"{BATCHES}/batch_abc123"
+    for _ in range(3):
+        rsps.get(url, status=429, headers={"Retry-After": "60"})
+
+    with pytest.raises(UpstreamError):
+        client.retrieve_batch("batch_abc123")
+
+    assert len(rsps.calls) == 3 and sleeps == [60.0, 60.0]
+    assert sum(sleeps) + 3 * (5.0 + 30.0) <= longest_call_seconds(5.0, 30.0, max_retries=2)
 
 
 @pytest.mark.parametrize(

@@ -548,32 +548,34 @@ def refresh_stale_in_background(
     return threads
 
 
-# Account name -> time.monotonic() until which its last read SyncState row says the mirror is
-# fresh. last_attempt_at only moves forward, so until then a read could only say "fresh" again:
-# the polls of every open page skip the query. Per process, and a pure shortcut.
+# Account name -> time.monotonic() until which its last read SyncState row says no refresh may
+# start: the mirror is fresh, or the sync is backing off after a failure. last_attempt_at and a
+# set next_attempt_at only move forward, so until then a read could only say so again: the polls
+# of every open page skip the query. Per process, and a pure shortcut.
 _fresh_until: dict[str, float] = {}
 
 
 def _is_fresh(account_name: str, states: Mapping[str, SyncState] | None = None) -> bool:
-    """A cheap read first, so that most page views do no write at all."""
+    """Whether a refresh need not start now: a cheap read first, so most page views write nothing."""
     if states is None:
         if time.monotonic() < _fresh_until.get(account_name, 0.0):
             return True
-        fields = ("last_attempt_at", "running_since")
+        fields = ("last_attempt_at", "running_since", "next_attempt_at")
         state = SyncState.objects.filter(account=account_name).only(*fields).first()
     else:
         state = states.get(account_name)
     if state is None or state.last_attempt_at is None:
         return False
     now = timezone.now()
-    fresh_for = settings.REFRESH_INTERVAL - (now - state.last_attempt_at).total_seconds()
-    if fresh_for > 0:
-        _fresh_until[account_name] = time.monotonic() + fresh_for
+    fresh_until = state.last_attempt_at + dt.timedelta(seconds=settings.REFRESH_INTERVAL)
+    if state.next_attempt_at is not None:  # backing off: claim() would refuse a cycle before then
+        fresh_until = max(fresh_until, state.next_attempt_at)
+    if fresh_until > now:
+        _fresh_until[account_name] = time.monotonic() + (fresh_until - now).total_seconds()
         return True
     # Not memoized: the cycle running now may die, and then its lease runs out.
-    return state.running_since is not None and now - state.running_since < dt.timedelta(
-        seconds=lease_seconds()
-    )
+    lease = dt.timedelta(seconds=lease_seconds())
+    return state.running_since is not None and now - state.running_since < lease
 
 
 def _background_cycle(account: Account) -> None:

@@ -21,9 +21,14 @@ SIM_KEY = "sk-sim-local"
 
 
 @pytest.fixture(autouse=True)
-def forget_freshness() -> None:
-    """The per-process "mirror fresh until" shortcut would outlive the SyncState rows a test rolls back."""
+def forget_process_state() -> None:
+    """What would outlive the rows a test rolls back: the per-process "mirror fresh until"
+    shortcut, and the cache (claims such as `batches:refresh:<pk>` name primary keys that the
+    next test may reuse)."""
+    from django.core.cache import cache
+
     sync._fresh_until.clear()
+    cache.clear()
 
 
 def _user(username: str, group: str | None) -> User:
@@ -73,16 +78,11 @@ def charlie_client(charlie: User) -> Client:
 
 @pytest.fixture
 def offline_accounts(settings):  # type: ignore[no-untyped-def]
-    """Two accounts, "sim" and "eu", whose upstream is never reached, and an empty cache around
-    the test (the cache, unlike the database, is not rolled back between tests)."""
-    from django.core.cache import cache
-
+    """Two accounts, "sim" and "eu", whose upstream is never reached."""
     from tests.factories import offline_account
 
     settings.UPSTREAM_ACCOUNTS = {"sim": offline_account("sim"), "eu": offline_account("eu")}
-    cache.clear()
-    yield settings.UPSTREAM_ACCOUNTS
-    cache.clear()
+    return settings.UPSTREAM_ACCOUNTS
 
 
 @pytest.fixture

@@ -340,13 +340,13 @@ def test_an_unchanged_poll_reads_only_what_its_version_is_made_of(
 @pytest.mark.django_db
 def test_a_fresh_mirror_is_read_again_only_once_it_may_have_gone_stale(settings, django_assert_num_queries):
     settings.SYNC_ON_DEMAND = True
-    settings.REFRESH_INTERVAL = 1
+    settings.REFRESH_INTERVAL = 2
     now = timezone.now()
-    SyncState.objects.create(account="sim", last_attempt_at=now - dt.timedelta(seconds=0.6))
+    SyncState.objects.create(account="sim", last_attempt_at=now - dt.timedelta(seconds=1))
 
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(1):  # fresh for about a second more: read once
         assert sync._is_fresh("sim") and sync._is_fresh("sim")
-    time.sleep(0.5)
+    time.sleep(1.2)
     with django_assert_num_queries(1):
         assert not sync._is_fresh("sim")
 
@@ -354,6 +354,23 @@ def test_a_fresh_mirror_is_read_again_only_once_it_may_have_gone_stale(settings,
     SyncState.objects.filter(account="sim").update(running_since=now)
     with django_assert_num_queries(2):
         assert sync._is_fresh("sim") and sync._is_fresh("sim")
+
+
+@pytest.mark.django_db
+def test_polls_start_no_refresh_while_the_sync_backs_off(settings, django_assert_num_queries):
+    settings.SYNC_ON_DEMAND = True
+    now = timezone.now()
+    SyncState.objects.create(
+        account="sim",
+        last_attempt_at=now - dt.timedelta(minutes=10),  # long stale
+        next_attempt_at=now + dt.timedelta(minutes=5),  # but failing: the next cycle is not due yet
+        consecutive_failures=3,
+    )
+    account = offline_account()
+
+    with django_assert_num_queries(1):  # read once, then known until the backoff ends
+        assert sync.refresh_stale_in_background([account]) == []
+        assert sync.refresh_stale_in_background([account]) == []
 
 
 @pytest.mark.django_db

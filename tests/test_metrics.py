@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 import pytest
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -109,7 +108,6 @@ def accounts(settings):  # type: ignore[no-untyped-def]
     settings.METRICS_TOKEN = ""
     settings.METRICS_ALLOWED_IPS = ["127.0.0.1", "::1"]
     settings.CLIENT_IP_HEADER = ""
-    cache.clear()
 
 
 def scrape(**extra: Any) -> dict[str, Any]:

@@ -171,7 +171,9 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
     # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
     batch = get_batch_or_404(account, batch_id)
     upstream = get_account_or_404(account)
-    sync.refresh_stale_in_background([upstream])
+    # One read of the account's SyncState: the freshness check and the banner.
+    states = listing.read_states([account])
+    sync.refresh_stale_in_background([upstream], states=states)
     context = live_context(request, batch)
     context.update(
         {
@@ -180,7 +182,7 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
             # Pretty-printed and autoescaped in a <pre>: upstream text stays text.
             "raw_json": json.dumps(batch.raw, indent=2, ensure_ascii=False),
             "metadata_items": sorted((batch.metadata or {}).items()),
-            "sync_accounts": sync_status([account]),
+            "sync_accounts": sync_status([account], states),
         }
     )
     return render(request, "batches/detail.html", context)
@@ -208,11 +210,13 @@ def _poll(
     of (most polls end here). At a terminal status, 286 tells htmx to stop; the fragment itself then
     carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
     # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
-    batch = get_batch_or_404(account, batch_id, only=("account", "batch_id", *POLL_FIELDS))
+    versioned = ("account", "batch_id", *POLL_FIELDS)
+    batch = get_batch_or_404(account, batch_id, only=versioned)
     upstream = get_account_or_404(account)
-    refreshed = sync.refresh_cancelling(upstream, batch)
+    if sync.refresh_cancelling(upstream, batch):
+        batch = get_batch_or_404(account, batch_id, only=versioned)
     sync.refresh_stale_in_background([upstream])
-    if not refreshed and not batch.is_terminal and request.GET.get("v") == batch.poll_version():
+    if not batch.is_terminal and request.GET.get("v") == batch.poll_version():
         return HttpResponse(status=204)
     batch = get_batch_or_404(account, batch_id, defer=defer)
     html = render_to_string(template, context(request, batch), request)

@@ -30,12 +30,16 @@ class RemoteUserMiddleware(BaseRemoteUserMiddleware):
     """
 
     force_logout_if_no_header = False
+    # Run synchronously under ASGI too: django-axes' backend, first in AUTHENTICATION_BACKENDS,
+    # has no aauthenticate(), which Django's async path would call.
+    async_capable = False
 
-    def process_request(self, request: HttpRequest) -> None:
+    def get_username(self, request: HttpRequest) -> str:
+        # Both of Django's paths (process_request and, under ASGI, aprocess_request) ask here: a
+        # KeyError is "no header", so with none configured every request is left alone.
         if not settings.REMOTE_USER_HEADER:
-            return
-        self.header = settings.REMOTE_USER_HEADER  # type: ignore[misc]
-        super().process_request(request)
+            raise KeyError("REMOTE_USER_HEADER is not set")
+        return str(request.META[settings.REMOTE_USER_HEADER])
 
 
 def can_cancel(user: object) -> bool:

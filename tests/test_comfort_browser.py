@@ -68,6 +68,7 @@ def test_bulk_cancel_dialog_states_the_exact_count_and_the_job_reports_each_batc
     expect(dialog).to_be_hidden()
 
     # Two rows picked by hand; the selection survives the rows' polling.
+    expect(page.locator("[data-bulk-open=selected]")).to_be_hidden()  # nothing picked yet
     for batch in tagged[:2]:
         page.locator(f"#batch-row-{batch.pk}").get_by_role("checkbox").check()
     selected = page.get_by_role("button", name="Cancel 2 selected")

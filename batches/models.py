@@ -142,12 +142,6 @@ class Batch(models.Model):
         return (self.request_completed or 0) + (self.request_failed or 0)
 
     @property
-    def progress_percent(self) -> float | None:
-        if not self.request_total:
-            return None
-        return min(100.0, 100.0 * self.requests_done / self.request_total)
-
-    @property
     def completed_percent(self) -> float:
         return 100.0 * (self.request_completed or 0) / self.request_total if self.request_total else 0.0
 
@@ -206,31 +200,22 @@ class Batch(models.Model):
         return ""
 
     def timeline(self) -> list[dict[str, Any]]:
-        """The lifecycle timestamps that are set, in order, each with the time since the previous."""
-        steps = []
-        previous: dt.datetime | None = None
-        for name in (
-            "created_at",
-            "in_progress_at",
-            "finalizing_at",
-            "cancelling_at",
-            "completed_at",
-            "failed_at",
-            "expired_at",
-            "cancelled_at",
-        ):
-            at = getattr(self, name)
-            if at is None:
-                continue
-            steps.append(
-                {
-                    "name": name.removesuffix("_at").replace("_", " "),
-                    "at": at,
-                    "after": at - previous if previous else None,
-                }
-            )
-            previous = at
-        return sorted(steps, key=lambda s: s["at"])
+        """The lifecycle timestamps that are set, in order, each with the time since the previous
+        (ordered by time: the upstream's own order may differ from the usual one, e.g. a cancel
+        requested while validating)."""
+        steps = sorted(
+            (at, name)
+            for name in TIMESTAMP_FIELDS
+            if name != "expires_at" and (at := getattr(self, name)) is not None
+        )
+        return [
+            {
+                "name": name.removesuffix("_at").replace("_", " "),
+                "at": at,
+                "after": at - steps[i - 1][0] if i else None,
+            }
+            for i, (at, name) in enumerate(steps)
+        ]
 
 
 class BatchSample(models.Model):

@@ -93,6 +93,17 @@ def test_timeline_shows_steps_in_order_with_durations_between(bob_client):
     ]
 
 
+def test_timeline_durations_follow_the_times_not_the_usual_order():
+    start = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+    minute = dt.timedelta(minutes=1)
+    # A cancel requested before the batch went in progress: not the usual order of the fields.
+    batch = Batch(created_at=start, cancelling_at=start + 5 * minute, in_progress_at=start + 10 * minute)
+
+    steps = [(s["name"], s["after"]) for s in batch.timeline()]
+
+    assert steps == [("created", None), ("cancelling", 5 * minute), ("in progress", 5 * minute)]
+
+
 @pytest.mark.django_db
 def test_absent_fields_say_so(bob_client):
     errors = [

@@ -32,7 +32,7 @@ class RemoteUserMiddleware(BaseRemoteUserMiddleware):
     force_logout_if_no_header = False
     # Run synchronously under ASGI too: django-axes' backend, first in AUTHENTICATION_BACKENDS,
     # has no aauthenticate(), which Django's async path would call.
-    async_capable = False
+    async_capable = False  # type: ignore[assignment]
 
     def get_username(self, request: HttpRequest) -> str:
         # Both of Django's paths (process_request and, under ASGI, aprocess_request) ask here: a

@@ -35,7 +35,7 @@ from batches.models import CANCELLABLE_STATUSES, Batch
 log = logging.getLogger("batches.bulk")
 
 MAX_IDS = 500
-JOB_ID_RE = r"[0-9a-f]{32}"
+JOB_ID_RE = r"[0-9a-f]{32}"  # new_job_id(): 16 random bytes in hex; the progress URL matches it
 CACHE_SECONDS = 6 * 3600
 MAX_429_RETRIES = 3
 _sleep = time.sleep  # looked up per job: tests replace it

@@ -833,7 +833,3 @@ def _status_retryable(method: str, status: int, code: str | None) -> bool:
 
 def _batch_id_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and BATCH_ID_RE.fullmatch(value) else None
-
-
-def client_for(account: Account, **kwargs: Any) -> UpstreamClient:
-    return UpstreamClient(account, **kwargs)

@@ -18,7 +18,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, QuerySet, Sum
 
 from batches.models import Batch, ModelPrice
 
@@ -152,22 +151,6 @@ class CostSummary:
     priced_batches: int = 0
     unpriced_batches: int = 0
     unpriced_models: list[str] = field(default_factory=list)
-
-
-def summarize(batches: QuerySet[Batch]) -> CostSummary:
-    """Two queries whatever the number of batches: token sums per model, and the price table."""
-    rows = (
-        batches.filter(input_tokens__isnull=False, output_tokens__isnull=False)
-        .order_by()
-        .values("model")
-        .annotate(
-            n=Count("id"),
-            input=Sum("input_tokens"),
-            cached=Sum("cached_tokens"),
-            output=Sum("output_tokens"),
-        )
-    )
-    return summarize_usage(rows, load_prices())
 
 
 def summarize_usage(rows: Iterable[Mapping[str, Any]], prices: Mapping[str, ModelPrice]) -> CostSummary:

@@ -268,12 +268,6 @@ STATUS_SUMS = {
 }
 
 
-def tabs_and_summary(filters: BatchFilters, queryset: QuerySet[Batch]) -> tuple[list[Tab], Summary]:
-    """Tab counts (all filters but the tab) and the summary (the current tab), in one query."""
-    rows = filters.matching(queryset).order_by().values("status").annotate(**STATUS_SUMS)
-    return tabs_and_summary_of(filters, rows)
-
-
 def tabs_and_summary_of(
     filters: BatchFilters, rows: Iterable[Mapping[str, Any]]
 ) -> tuple[list[Tab], Summary]:

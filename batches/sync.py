@@ -143,7 +143,6 @@ def batch_fields(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
 @dataclass
 class PageResult:
     new: int = 0
-    known: int = 0
 
 
 def store_batches(
@@ -214,7 +213,7 @@ def store_batches(
             transaction.on_commit(
                 partial(batch_status_changed.send, Batch, batch=batch, old_status=old_status)
             )
-    return PageResult(new=len(created), known=len(existing))
+    return PageResult(new=len(created))
 
 
 def _sample(batches: list[Batch], now: dt.datetime) -> None:

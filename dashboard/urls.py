@@ -6,6 +6,7 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 
 from batches import api, metrics
+from batches.bulk import JOB_ID_RE
 from batches.views import audit, bulk, cancel, health, monitor
 from batches.views import tokens as token_views
 
@@ -16,7 +17,7 @@ urlpatterns = [
     path("batches/", monitor.batch_list, name="batch_list"),
     # Before the batch routes: "cancel" would otherwise be taken for an account name.
     path("batches/cancel/", bulk.bulk_cancel, name="bulk_cancel"),
-    re_path(r"^batches/cancel/(?P<job_id>[0-9a-f]{32})/$", bulk.bulk_progress, name="bulk_cancel_progress"),
+    re_path(rf"^batches/cancel/(?P<job_id>{JOB_ID_RE})/$", bulk.bulk_progress, name="bulk_cancel_progress"),
     path(batch, monitor.batch_detail, name="batch_detail"),
     path(batch + "row/", monitor.batch_row, name="batch_row"),
     path(batch + "live/", monitor.batch_live, name="batch_live"),

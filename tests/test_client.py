@@ -29,7 +29,6 @@ from batches.client import (
     UpstreamClient,
     UpstreamError,
     api_base_url,
-    client_for,
     longest_call_seconds,
     redact,
     validate_batch_id,
@@ -181,7 +180,7 @@ def test_redirects_are_not_followed(client: UpstreamClient, rsps: responses.Requ
 
 
 def test_client_and_factory_reprs_name_the_account_only(account: Account) -> None:
-    client = client_for(account, max_retries=0)
+    client = UpstreamClient(account, max_retries=0)
     assert isinstance(client, UpstreamClient)
     assert "default" in repr(client)
     assert KEY not in repr(client)

@@ -41,14 +41,3 @@ class SimClock:
         with self._lock:
             if self._frozen_at is None:
                 self._frozen_at = time.time() + self._offset
-
-    def unfreeze(self) -> None:
-        """Follow real time again from the frozen instant, without a jump."""
-        with self._lock:
-            if self._frozen_at is not None:
-                self._offset = self._frozen_at - time.time()
-                self._frozen_at = None
-
-    @property
-    def frozen(self) -> bool:
-        return self._frozen_at is not None

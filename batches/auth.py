@@ -21,6 +21,7 @@ OPERATORS = "Operators"
 VIEWERS = "Viewers"
 VIEW_PERMISSION = "batches.view_batch"
 CANCEL_PERMISSION = "batches.cancel_batch"
+AUDIT_PERMISSION = "batches.view_auditentry"
 
 
 class RemoteUserMiddleware(BaseRemoteUserMiddleware):

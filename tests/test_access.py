@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -157,6 +158,18 @@ def test_viewer_has_no_admin(bob_client):
 
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_the_audit_needs_its_own_permission(bob, bob_client, running):
+    # A role that shows batches but not who cancelled them (the Viewers group grants both).
+    bob.groups.clear()
+    bob.user_permissions.add(Permission.objects.get(codename="view_batch"))
+
+    assert bob_client.get(reverse("batch_list")).status_code == 200
+    assert 'href="/audit/"' not in bob_client.get(reverse("batch_list")).content.decode()
+    for url in (reverse("audit_list"), reverse("audit_export", args=["csv"])):
+        assert bob_client.get(url).status_code == 403, url
 
 
 # --- alice: operator -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 from batches.accounts import ACCOUNT_NAME_RE
 from batches.audit import attach_reached
 from batches.models import AuditEntry
-from batches.views.common import HtmxHttpRequest, viewer_required
+from batches.views.common import HtmxHttpRequest, audit_viewer_required
 
 PAGE_SIZE = 50
 # Every column, hashes included, so an export can be checked against the chain elsewhere.
@@ -94,7 +94,7 @@ def _filtered(request: HtmxHttpRequest) -> tuple[AuditFilters, QuerySet[AuditEnt
 
 
 @require_GET
-@viewer_required
+@audit_viewer_required
 def audit_list(request: HtmxHttpRequest) -> HttpResponse:
     filters, entries = _filtered(request)
     before = filters.cleaned_data.get("before")
@@ -116,7 +116,7 @@ def audit_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @require_GET
-@viewer_required
+@audit_viewer_required
 def audit_export(request: HtmxHttpRequest, fmt: str) -> StreamingHttpResponse:
     """The filtered entries, oldest first, streamed: any size without holding it in memory."""
     if fmt not in ("csv", "jsonl"):

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
@@ -18,17 +15,11 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from batches import audit, bulk
-from batches.auth import can_cancel, client_ip
+from batches.auth import client_ip
 from batches.filters import BatchFilters
-from batches.views.common import HtmxHttpRequest
+from batches.views.common import HtmxHttpRequest, cancel_reason, operator_required
 
 PANEL = "batches/_bulk_progress.html"
-
-
-def _operator(request: HtmxHttpRequest) -> None:
-    # The permission comes first: a viewer learns nothing, and nothing goes upstream.
-    if not can_cancel(request.user):
-        raise PermissionDenied("Cancelling batches is for operators.")
 
 
 def _problem(request: HtmxHttpRequest, message: str, status: int, **extra: Any) -> HttpResponse:
@@ -38,17 +29,11 @@ def _problem(request: HtmxHttpRequest, message: str, status: int, **extra: Any) 
 
 
 @require_POST
-@login_required
+@operator_required
 def bulk_cancel(request: HtmxHttpRequest) -> HttpResponse:
-    _operator(request)
-    reason = request.POST.get("reason", "").replace("\r\n", "\n").strip()
-    limit = settings.CANCEL_REASON_MAX_LENGTH
-    if len(reason) > limit:
-        return _problem(
-            request,
-            f"The reason is {len(reason)} characters long; at most {limit} are allowed. Nothing was sent.",
-            400,
-        )
+    reason, message = cancel_reason(request)
+    if message:
+        return _problem(request, message, 400)
     ids = request.POST.getlist("ids")
     by_filter = "filter" in request.POST
     if ids and by_filter:
@@ -93,9 +78,8 @@ def bulk_cancel(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @require_GET
-@login_required
+@operator_required
 def bulk_progress(request: HtmxHttpRequest, job_id: str) -> HttpResponse:
-    _operator(request)
     job = bulk.get_job(job_id)
     if job is None:
         # Expired from the cache (or started on an instance with its own locmem cache): stop polling.
@@ -117,14 +101,9 @@ def _panel_context(job: dict[str, Any]) -> dict[str, Any]:
     return {"job": job, "job_id": job["id"], "summary": summary, "items": items}
 
 
-def list_context(request: HtmxHttpRequest, filters: BatchFilters, count: int | None = None) -> dict[str, Any]:
-    """For the list's "Cancel all N" button: operators only (a viewer's page costs no count).
-
-    `count`: bulk.count_for(filters) when the caller knows it already (the list derives it from
-    its aggregate); counted here otherwise.
-    """
-    if not can_cancel(request.user):
+def list_context(filters: BatchFilters, *, operator: bool, count: int) -> dict[str, Any]:
+    """For the list's "Cancel all N" button: operators only. `count`: the cancellable batches
+    matching the filters (the list derives it from its aggregate)."""
+    if not operator:
         return {"bulk_count": 0, "bulk_filter": ""}
-    if count is None:
-        count = bulk.count_for(filters)
     return {"bulk_count": count, "bulk_filter": bulk.filter_querystring(filters)}

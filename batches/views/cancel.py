@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from batches import audit
-from batches.auth import can_cancel, client_ip
+from batches.auth import client_ip
 from batches.cancel import request_cancel
 from batches.client import UpstreamError
 from batches.models import Batch
 from batches.views import monitor
-from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404
+from batches.views.common import (
+    HtmxHttpRequest,
+    cancel_reason,
+    get_account_or_404,
+    get_batch_or_404,
+    operator_required,
+)
 
 # `where` names the fragment the button sits in; the answer replaces that fragment.
 FRAGMENTS = {
@@ -28,21 +31,13 @@ FRAGMENTS = {
 
 
 @require_POST
-@login_required
+@operator_required
 def cancel_batch(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
-    # The permission comes before the lookup: a viewer learns nothing, and nothing goes upstream.
-    if not can_cancel(request.user):
-        raise PermissionDenied("Cancelling batches is for operators.")
     batch = get_batch_or_404(account, batch_id)
     upstream = get_account_or_404(account)
 
-    # Browsers send a textarea's line breaks as CRLF but count them as one character for maxlength.
-    reason = request.POST.get("reason", "").replace("\r\n", "\n").strip()
-    limit = settings.CANCEL_REASON_MAX_LENGTH
-    if len(reason) > limit:
-        message = (
-            f"The reason is {len(reason)} characters long; at most {limit} are allowed. Nothing was sent."
-        )
+    reason, message = cancel_reason(request)
+    if message:
         if not request.htmx:
             messages.error(request, message)
             return redirect("batch_detail", account=account, batch_id=batch_id)

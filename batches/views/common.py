@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import Http404, HttpRequest
 from django_htmx.middleware import HtmxDetails
 
 from batches.accounts import Account, get_account
-from batches.auth import VIEW_PERMISSION
+from batches.auth import AUDIT_PERMISSION, CANCEL_PERMISSION, VIEW_PERMISSION
 from batches.client import BATCH_ID_RE
 from batches.models import Batch
 
@@ -43,6 +44,30 @@ def get_batch_or_404(
     return batch
 
 
-def viewer_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Signed in (else to the login page) and a viewer or operator (else 403)."""
-    return login_required(permission_required(VIEW_PERMISSION, raise_exception=True)(view))
+def requires(permission: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Signed in (else to the login page) and holding `permission` (else 403)."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        return login_required(permission_required(permission, raise_exception=True)(view))
+
+    return decorate
+
+
+viewer_required = requires(VIEW_PERMISSION)
+audit_viewer_required = requires(AUDIT_PERMISSION)
+# Before any lookup in the view: a viewer learns nothing, and nothing goes upstream.
+operator_required = requires(CANCEL_PERMISSION)
+
+
+def cancel_reason(request: HttpRequest) -> tuple[str, str]:
+    """The reason typed for a cancel, and what is wrong with it ("" when nothing).
+
+    Browsers send a textarea's line breaks as CRLF but count them as one character for maxlength.
+    """
+    reason = request.POST.get("reason", "").replace("\r\n", "\n").strip()
+    limit = settings.CANCEL_REASON_MAX_LENGTH
+    if len(reason) > limit:
+        return reason, (
+            f"The reason is {len(reason)} characters long; at most {limit} are allowed. Nothing was sent."
+        )
+    return reason, ""

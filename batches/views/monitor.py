@@ -124,7 +124,7 @@ def _results_context(
         "newest_query": filters.querystring(before=None) if filters.before else "",
         "cost": totals.cost,
         "where": "row",
-        **bulk_views.list_context(request, filters, count=totals.cancellable),
+        **bulk_views.list_context(filters, operator=operator, count=totals.cancellable),
     }
 
 

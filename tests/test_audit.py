@@ -487,6 +487,23 @@ def test_batch_detail_shows_its_own_trail(bob_client, trail, settings):
     assert "reached cancelled at" in page
 
 
+@pytest.mark.django_db
+def test_a_batch_trail_says_it_is_cut_only_when_entries_are_left_out(monkeypatch):
+    from batches.templatetags import audit_tags
+
+    monkeypatch.setattr(audit_tags, "TRAIL_LIMIT", 2)
+    batch = Batch(account="sim", batch_id="batch_one")
+    for reason in ("first", "second"):
+        add(actor_username="alice", batch_id="batch_one", reason=reason)
+
+    full = audit_tags.audit_trail(batch)
+    assert [e.reason for e in full["entries"]] == ["second", "first"] and not full["limited"]
+
+    add(actor_username="alice", batch_id="batch_one", reason="third")
+    cut = audit_tags.audit_trail(batch)
+    assert [e.reason for e in cut["entries"]] == ["third", "second"] and cut["limited"]
+
+
 # --- exports -------------------------------------------------------------------------------------
 
 

@@ -21,8 +21,9 @@ TRAIL_LIMIT = 100
 def audit_trail(batch: Batch) -> dict[str, Any]:
     """The batch's audit entries, newest first; two queries whatever their number."""
     trail = AuditEntry.objects.filter(account=batch.account, batch_id=batch.batch_id)
-    entries = list(trail.order_by("-seq")[:TRAIL_LIMIT])
-    return {"batch": batch, "entries": attach_reached(entries), "limited": len(entries) == TRAIL_LIMIT}
+    entries = list(trail.order_by("-seq")[: TRAIL_LIMIT + 1])  # one more tells whether any are left out
+    limited = len(entries) > TRAIL_LIMIT
+    return {"batch": batch, "entries": attach_reached(entries[:TRAIL_LIMIT]), "limited": limited}
 
 
 @register.filter

@@ -241,9 +241,11 @@ def file_download(request: HtmxHttpRequest, account: str, batch_id: str, file_id
     kinds.pop("", None)
     if file_id not in kinds:
         raise Http404("Not a file of this batch.")
+    client = sync.get_client(upstream)
     try:
-        content = sync.get_client(upstream).open_file_content(file_id)
+        content = client.open_file_content(file_id)
     except UpstreamError as exc:
+        client.close()
         context = {"batch": batch, "file_id": file_id, "kind": kinds[file_id], "error": exc}
         status = 404 if exc.kind == "not_found" else 502
         return render(request, "batches/_download_error.html", context, status=status)

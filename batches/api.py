@@ -157,7 +157,7 @@ def batch_list(request: HttpRequest, user: Any) -> JsonResponse:
     # One row more than returned says whether there is more, without a COUNT.
     rows = list(filters.page(Batch.objects.defer(*DEFERRED))[: limit + 1])
     batches, has_more = rows[:limit], len(rows) > limit
-    prices = costs.load_prices()
+    prices = costs.cached_prices().prices
     now = timezone.now()
     next_url = None
     if has_more:
@@ -179,5 +179,4 @@ def batch_list(request: HttpRequest, user: Any) -> JsonResponse:
 def batch_detail(request: HttpRequest, user: Any, account: str, batch_id: str) -> JsonResponse:
     # Malformed ids and unknown accounts are a 404 here too, before any query.
     batch = get_batch_or_404(account, batch_id)
-    prices = {p.model: p for p in ModelPrice.objects.filter(model__in=costs.price_keys(batch.model) or {""})}
-    return JsonResponse(batch_item(batch, prices, timezone.now()))
+    return JsonResponse(batch_item(batch, costs.cached_prices().prices, timezone.now()))

@@ -86,11 +86,6 @@ def invalidate_prices(*args: Any, **kwargs: Any) -> None:
     cache.delete(PRICES_CACHE_KEY)
 
 
-def price_keys(model: str | None) -> set[str]:
-    """The table rows that can price this model: its own name and its alias."""
-    return {model, base_model(model)} if model else set()
-
-
 def price_for(model: str | None, prices: Mapping[str, ModelPrice]) -> ModelPrice | None:
     if not model:
         return None
@@ -110,12 +105,8 @@ def tokens_cost(input_tokens: int, cached_tokens: int, output_tokens: int, price
 
 def estimate(batch: Batch, prices: Mapping[str, ModelPrice]) -> Decimal | None:
     """The batch's estimated cost in USD, or None without usage or without a price for its model."""
-    if batch.input_tokens is None or batch.output_tokens is None:
-        return None
-    price = price_for(batch.model, prices)
-    if price is None:
-        return None
-    return tokens_cost(batch.input_tokens, batch.cached_tokens or 0, batch.output_tokens, price)
+    cost = cost_of(batch, prices)
+    return cost.usd if cost else None
 
 
 @dataclass(frozen=True)
@@ -126,19 +117,18 @@ class Cost:
 
 
 def batch_cost(batch: Batch) -> Cost | None:
-    """One batch's estimate with the date of its price. Always one query, usage or not, so that a
-    page costs the same number of queries for every batch."""
-    keys = price_keys(batch.model) or {""}
-    prices = {p.model: p for p in ModelPrice.objects.filter(model__in=keys)}
-    return cost_of(batch, prices)
+    """One batch's estimate with the date of its price, from the cached price table."""
+    return cost_of(batch, cached_prices().prices)
 
 
 def cost_of(batch: Batch, prices: Mapping[str, ModelPrice]) -> Cost | None:
-    usd = estimate(batch, prices)
-    if usd is None:
+    """The estimate, its price's date and discount; None without usage or without a price."""
+    if batch.input_tokens is None or batch.output_tokens is None:
         return None
     price = price_for(batch.model, prices)
-    assert price is not None
+    if price is None:
+        return None
+    usd = tokens_cost(batch.input_tokens, batch.cached_tokens or 0, batch.output_tokens, price)
     return Cost(usd, price.effective_date, Decimal(price.batch_discount))
 
 

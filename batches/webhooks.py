@@ -23,6 +23,7 @@ host name kept for the Host header and TLS. Connect timeout 3 s, read timeout 5 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -66,7 +67,10 @@ READ_TIMEOUT = 5.0
 # After the 1st, 2nd, ... failed attempt, the next one comes this much later; then it fails.
 BACKOFF_SECONDS = (30, 120, 600, 3600, 6 * 3600)
 MAX_ATTEMPTS = len(BACKOFF_SECONDS) + 1
-# A claim longer than any one send (connect + TLS + read, a few times over): then it is stale.
+# The whole exchange, however slowly the receiver trickles its answer (the timeouts above are per
+# socket operation): a send never outlives its claim, nor holds the delivery loop for long.
+SEND_SECONDS = 15.0
+# A claim longer than any one send (SEND_SECONDS, a few times over): then it is stale.
 LEASE_SECONDS = 120
 RESPONSE_CHARS = 1000
 SIGNATURE_HEADER = "X-Batch-Dashboard-Signature"
@@ -317,6 +321,8 @@ class Attempt:
     status_code: int | None = None
     response: str = ""
     error: str = ""
+    # Failed for good: no retry (the webhook was disabled).
+    final: bool = False
 
     @property
     def ok(self) -> bool:
@@ -360,10 +366,18 @@ def post(target: Target, body: bytes, headers: dict[str, str]) -> Attempt:
     else:
         conn = http.client.HTTPConnection(target.host, target.port, timeout=READ_TIMEOUT)
     conn._create_connection = _connector(target.addresses, target.port)  # type: ignore[attr-defined]
+    gave_up = threading.Event()
+    watchdog = threading.Timer(SEND_SECONDS, _give_up, args=(conn, gave_up))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         conn.request("POST", target.path, body=body, headers={"Host": target.host_header, **headers})
         response = conn.getresponse()
-        text = response.read(4 * RESPONSE_CHARS).decode("utf-8", "replace")[:RESPONSE_CHARS]
+        # read1: what has arrived, not "until this many bytes or the end", which a body without a
+        # length on a connection the receiver keeps open would reach only at the read timeout.
+        text = response.read1(4 * RESPONSE_CHARS).decode("utf-8", "replace")[:RESPONSE_CHARS]
+        if gave_up.is_set():  # the shut-down socket read as the end of a (cut) answer
+            return Attempt(error=GAVE_UP)
         attempt = Attempt(status_code=response.status, response=text)
         if 300 <= response.status < 400:
             location = _clip(response.getheader("Location") or "", 200)
@@ -373,18 +387,33 @@ def post(target: Target, body: bytes, headers: dict[str, str]) -> Attempt:
         elif not attempt.ok:
             attempt.error = f"HTTP {response.status}"
         return attempt
-    except TimeoutError:
-        return Attempt(error="timed out (connect 3 s, read 5 s)")
     except (OSError, http.client.HTTPException) as exc:
+        if gave_up.is_set():
+            return Attempt(error=GAVE_UP)
+        if isinstance(exc, TimeoutError):
+            return Attempt(error=f"timed out (connect {CONNECT_TIMEOUT:g} s, read {READ_TIMEOUT:g} s)")
         return Attempt(error=f"{type(exc).__name__}: {exc}"[:RESPONSE_CHARS])
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+GAVE_UP = "gave up: the answer did not arrive within the time a send is allowed"
+
+
+def _give_up(conn: http.client.HTTPConnection, gave_up: threading.Event) -> None:
+    """At the deadline: shutting the socket down wakes the sending thread from a blocked read."""
+    gave_up.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def send(delivery: WebhookDelivery) -> Attempt:
     webhook = delivery.webhook
     if not webhook.enabled and delivery.event != WEBHOOK_EVENT_TEST:
-        return Attempt(error="the webhook is disabled")
+        return Attempt(error="the webhook is disabled", final=True)
     try:
         target = resolve_webhook_url(webhook.url)
     except ValidationError as exc:
@@ -439,7 +468,7 @@ def record(delivery: WebhookDelivery, attempt: Attempt, owner: str) -> str:
     }
     if attempt.ok:
         fields.update(status=Status.DELIVERED, delivered_at=now)
-    elif attempts >= MAX_ATTEMPTS or attempt.error == "the webhook is disabled":
+    elif attempts >= MAX_ATTEMPTS or attempt.final:
         fields.update(status=Status.FAILED)
     else:
         fields.update(
@@ -469,7 +498,6 @@ def deliver_due(
     *,
     max_seconds: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    report: Callable[[WebhookDelivery, Attempt, str], None] | None = None,
 ) -> DeliveryRound:
     """Send due deliveries one by one until none is due, `should_stop()`, or `max_seconds` passed.
 
@@ -499,8 +527,6 @@ def deliver_due(
             delivery.pk, delivery.event, delivery.webhook_id, delivery.webhook.host, delivery.attempts + 1,
             status or "claim lost", f" ({attempt.error})" if attempt.error else "",
         )  # fmt: skip
-        if report is not None:
-            report(delivery, attempt, status)
     return result
 
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import signal
 import socket
 import sqlite3
@@ -65,6 +66,11 @@ class Receiver:
     redirect_to: str = ""
     pair_up: bool = False
     error_body: str = "upstream exploded"
+    # Answer 200 with headers sent one line every `trickle` seconds (`trickle_lines` of them).
+    trickle: float = 0.0
+    trickle_lines: int = 0
+    # Answer 200 without a Content-Length, and keep the connection open a while.
+    no_length: bool = False
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
@@ -100,6 +106,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", receiver.redirect_to)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if receiver.trickle:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for i in range(receiver.trickle_lines):
+                self.wfile.flush()
+                time.sleep(receiver.trickle)
+                self.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
+            self.wfile.write(b"Content-Length: 2\r\n\r\nok")
+            return
+        if receiver.no_length:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok")
+            self.wfile.flush()
+            time.sleep(2 * webhooks.READ_TIMEOUT)
             return
         failing = receiver.always_fail or number <= receiver.fail_first
         status, answer = (500, receiver.error_body) if failing else (200, "ok")
@@ -430,6 +449,43 @@ def test_redirects_are_not_followed(receiver, private_ok):
 
 
 @pytest.mark.django_db
+def test_a_receiver_trickling_its_answer_is_given_up_on_at_the_deadline(receiver, private_ok, monkeypatch):
+    monkeypatch.setattr(webhooks, "SEND_SECONDS", 1.0)
+    receiver.trickle, receiver.trickle_lines = 0.4, 10  # each line within the read timeout, 4 s in all
+    [delivery] = queue(hook(receiver))
+
+    started = time.monotonic()
+    assert webhooks.deliver_due().retrying == 1
+    assert time.monotonic() - started < 3.5  # not held until the receiver is done
+
+    delivery.refresh_from_db()
+    assert delivery.last_error == webhooks.GAVE_UP
+
+
+@pytest.mark.django_db
+def test_an_answer_without_a_length_on_a_connection_kept_open_counts_at_once(receiver, private_ok):
+    receiver.no_length = True
+    [delivery] = queue(hook(receiver))
+
+    assert webhooks.deliver_due().delivered == 1
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.last_status_code, delivery.last_response) == ("delivered", 200, "ok")
+
+
+@pytest.mark.django_db
+def test_a_delivery_for_a_disabled_webhook_fails_without_retries(receiver, private_ok):
+    [delivery] = queue(hook(receiver, enabled=False))
+
+    webhooks.deliver_due()
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert delivery.last_error == "the webhook is disabled"
+    assert receiver.requests == []
+
+
+@pytest.mark.django_db
 def test_an_unreachable_receiver_is_an_error_not_a_crash(private_ok):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -487,7 +543,7 @@ def test_two_concurrent_delivery_loops_send_each_delivery_once(child_db, receive
     assert all(process.returncode == 0 for process in loops), [err for _, err in outputs]
     sent = sorted(int(r.headers["X-Batch-Dashboard-Delivery"]) for r in receiver.requests)
     assert sent == list(range(1, 41))
-    assert all(": delivered" in out for out, _ in outputs), "both loops took part"
+    assert all(": attempt 1 delivered" in err for _, err in outputs), "both loops took part"  # the log
     with sqlite3.connect(child_db) as db:
         assert db.execute("SELECT DISTINCT status, attempts FROM batches_webhookdelivery").fetchall() == [
             ("delivered", 1)
@@ -653,19 +709,20 @@ def test_a_failing_receiver_of_the_signal_does_not_break_the_sync(
 
 
 @pytest.mark.django_db
-def test_deliver_webhooks_once_sends_what_is_due(receiver, private_ok):
+def test_deliver_webhooks_once_sends_what_is_due(receiver, private_ok, caplog):
     receiver.fail_first = 1
     webhook = hook(receiver)
     queue(webhook, 2)
     out = io.StringIO()
 
-    call_command("deliver_webhooks", "--once", stdout=out)
+    with caplog.at_level(logging.INFO, logger="batches.webhooks"):
+        call_command("deliver_webhooks", "--once", stdout=out)
 
-    text = out.getvalue()
-    assert "1 delivered, 1 to retry, 0 failed" in text
-    assert f"→ webhook #{webhook.pk} (127.0.0.1): delivered" in text
-    assert "HTTP 500" in text
-    assert "/hook" not in text  # the host, never the URL (a Slack URL is a credential)
+    assert "1 delivered, 1 to retry, 0 failed" in out.getvalue()
+    logged = caplog.text
+    assert f"to webhook #{webhook.pk} (127.0.0.1): attempt 1 delivered" in logged
+    assert "(HTTP 500)" in logged
+    assert "/hook" not in logged  # the host, never the URL (a Slack URL is a credential)
 
 
 @pytest.mark.django_db

@@ -8,15 +8,13 @@ was cut short resumes from its saved cursor on the next run.
 
 from __future__ import annotations
 
-import signal
-import time
-from types import FrameType
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from batches.accounts import get_accounts
+from batches.management.loop import LoopCommand
 from batches.sync import sync_account
 from batches.webhooks import deliver_due_safely
 
@@ -24,10 +22,9 @@ from batches.webhooks import deliver_due_safely
 WEBHOOK_SECONDS_PER_ROUND = 10.0
 
 
-class Command(BaseCommand):
+class Command(LoopCommand):
     help = "Sync the batches of every upstream account into the local mirror, in a loop."
-
-    stop_requested = False
+    stops_after = "the current request"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -35,10 +32,6 @@ class Command(BaseCommand):
         )
         parser.add_argument("--once", action="store_true", help="run one round and exit")
         parser.add_argument("--account", action="append", default=[], help="only these accounts (repeatable)")
-
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stdout.write(f"received {signal.Signals(signum).name}, stopping after the current request")
-        self.stop_requested = True
 
     def handle(self, *args: Any, **options: Any) -> None:
         accounts = get_accounts()
@@ -50,8 +43,7 @@ class Command(BaseCommand):
         if not accounts:
             raise CommandError("no upstream account is configured: set OPENAI_API_KEY or UPSTREAM_ACCOUNTS.")
         interval = options["interval"] if options["interval"] is not None else settings.SYNC_INTERVAL
-        signal.signal(signal.SIGTERM, self.on_signal)
-        signal.signal(signal.SIGINT, self.on_signal)
+        self.stop_on_signals()
 
         self.stdout.write(f"sync_batches: {len(accounts)} account(s), every {interval:g} s")
         while not self.stop_requested:
@@ -70,8 +62,3 @@ class Command(BaseCommand):
                 break
             self.sleep(interval)
         self.stdout.write("sync_batches: stopped")
-
-    def sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stop_requested and time.monotonic() < deadline:
-            time.sleep(min(0.5, deadline - time.monotonic()))

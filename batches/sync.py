@@ -148,11 +148,23 @@ class PageResult:
 def store_batches(
     account: str, objects: Iterable[dict[str, Any]], now: dt.datetime | None = None
 ) -> PageResult:
-    """Upsert upstream Batch objects in one transaction; sample progress; signal status changes."""
+    """Upsert upstream Batch objects in one transaction; sample progress; signal status changes.
+
+    The rows are read and written in one transaction, locked (SELECT ... FOR UPDATE; SQLite's
+    IMMEDIATE transactions serialize writers anyway): two processes storing the same change at
+    once (the sync and a poll's refresh of a cancelling batch) signal its transition once.
+    """
     now = now or timezone.now()
     objects = [o for o in objects if isinstance(o.get("id"), str) and BATCH_ID_RE.fullmatch(o["id"])]
+    with transaction.atomic():
+        return _store(account, objects, now)
+
+
+def _store(account: str, objects: list[dict[str, Any]], now: dt.datetime) -> PageResult:
     ids = [o["id"] for o in objects]
-    existing = {b.batch_id: b for b in Batch.objects.filter(account=account, batch_id__in=ids)}
+    existing = {
+        b.batch_id: b for b in Batch.objects.select_for_update().filter(account=account, batch_id__in=ids)
+    }
     created: list[Batch] = []
     # Per changed row, only the columns that changed: a progressing batch moves its counts, usage
     # and raw object, and one narrow UPDATE each is far cheaper than bulk_update's CASE over all.
@@ -179,7 +191,8 @@ def store_batches(
             if created[-1].status in ACTIVE_STATUSES:
                 to_sample.append(created[-1])
             continue
-        if batch.raw == obj:
+        if batch.raw == obj or (batch.is_terminal and fields["status"] not in TERMINAL_STATUSES):
+            # Unchanged, or a snapshot older than the stored one: a batch never leaves a final status.
             unchanged.append(batch.pk)
             continue
         old_status, old_done = batch.status, (batch.request_completed, batch.request_failed)
@@ -200,19 +213,16 @@ def store_batches(
                 updates["cancel_requested_by"] = batch.cancel_requested_by = ""
                 updates["cancel_requested_at"] = batch.cancel_requested_at = None
         changed.append((batch, updates))
-    with transaction.atomic():
-        Batch.objects.bulk_create(created)
-        for batch, updates in changed:
-            Batch.objects.filter(pk=batch.pk).update(**updates)
-        if unchanged:
-            Batch.objects.filter(pk__in=unchanged).update(synced_at=now)
-        if created or changed:
-            _bump_version(account)
-        _sample(to_sample, now)
-        for batch, old_status in transitions:
-            transaction.on_commit(
-                partial(batch_status_changed.send, Batch, batch=batch, old_status=old_status)
-            )
+    Batch.objects.bulk_create(created)
+    for batch, updates in changed:
+        Batch.objects.filter(pk=batch.pk).update(**updates)
+    if unchanged:
+        Batch.objects.filter(pk__in=unchanged).update(synced_at=now)
+    if created or changed:
+        _bump_version(account)
+    _sample(to_sample, now)
+    for batch, old_status in transitions:
+        transaction.on_commit(partial(batch_status_changed.send, Batch, batch=batch, old_status=old_status))
     return PageResult(new=len(created))
 
 

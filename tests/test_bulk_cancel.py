@@ -123,7 +123,8 @@ def test_a_refusal_does_not_stop_the_others_and_is_shown_with_the_upstream_words
     done = simulator.create_batch(status="completed", total=10, metadata={"run": TAG})
     fill(sim_account)
     # The mirror is behind: it still thinks the completed batch runs.
-    store_batches("sim", [{**done, "status": "in_progress", "completed_at": None, "finalizing_at": None}])
+    behind = {"status": "in_progress", "completed_at": None, "finalizing_at": None}
+    Batch.objects.filter(batch_id=done["id"]).update(**behind)
     order = [first[0], done["id"], last[0]]
 
     response = post(alice_client, ids=ids_of(order))

@@ -259,3 +259,28 @@ def test_two_concurrent_on_demand_refreshes_make_one_upstream_cycle(simulator, s
     assert list_requests(simulator) == ran[0].list_pages  # type: ignore[attr-defined]
     # And right after, the mirror is fresh: a third viewer causes no refresh at all.
     assert sync_account(sim_account, only_if_stale=True) is None
+
+
+@pytest.mark.django_db
+def test_an_older_snapshot_never_moves_a_batch_out_of_its_final_status(django_capture_on_commit_callbacks):
+    from batches.sync import batch_status_changed, store_batches
+    from tests.factories import batch_json
+
+    seen: list[tuple[str, str]] = []
+
+    def record(sender: object, batch: Batch, old_status: str, **kwargs: object) -> None:
+        seen.append((old_status, batch.status))
+
+    running = batch_json("cancelling", id="batch_late0001")
+    ended = {**running, "status": "cancelled", "cancelled_at": running["created_at"] + 60}
+    batch_status_changed.connect(record)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            store_batches("sim", [running])
+            store_batches("sim", [ended])
+            store_batches("sim", [running])  # fetched before the cancel took effect, stored after
+    finally:
+        batch_status_changed.disconnect(record)
+
+    assert Batch.objects.get(batch_id="batch_late0001").status == "cancelled"
+    assert seen == [("cancelling", "cancelled")]

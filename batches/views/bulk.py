@@ -44,7 +44,9 @@ def bulk_cancel(request: HtmxHttpRequest) -> HttpResponse:
             expected = int(request.POST.get("expected", ""))
         except ValueError:
             return _problem(request, "The confirmed count is missing. Nothing was sent.", 400)
-        count = bulk.count_for(filters)
+        # The very rows that will be sent are the ones counted (one more than the cap tells "too many").
+        targets = list(bulk.filter_targets(filters).values_list("account", "batch_id")[: bulk.MAX_IDS + 1])
+        count = len(targets) if len(targets) <= bulk.MAX_IDS else bulk.count_for(filters)
         if count != expected:
             # The set changed since the user confirmed: say so, send nothing, let them confirm again.
             message = (
@@ -61,7 +63,6 @@ def bulk_cancel(request: HtmxHttpRequest) -> HttpResponse:
                 "Narrow the filter. Nothing was sent.",
                 400,
             )
-        targets = list(bulk.filter_targets(filters).values_list("account", "batch_id"))
     else:
         try:
             targets = bulk.parse_ids(ids)

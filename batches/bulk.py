@@ -10,7 +10,6 @@ every instance shares.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 import threading
@@ -27,7 +26,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from batches.accounts import get_account, get_accounts
-from batches.cancel import claim_ttl, request_cancel
+from batches.cancel import request_cancel, unclaimed
 from batches.client import BATCH_ID_RE
 from batches.filters import BatchFilters
 from batches.models import CANCELLABLE_STATUSES, Batch
@@ -69,12 +68,6 @@ def run_inline() -> bool:
 
 
 # --- what a bulk cancel targets ------------------------------------------------------------------
-
-
-def unclaimed(now: dt.datetime | None = None) -> Q:
-    """No one's cancel is in flight (a claim older than its TTL was abandoned)."""
-    now = now or timezone.now()
-    return Q(cancel_requested_at__isnull=True) | Q(cancel_requested_at__lt=now - claim_ttl())
 
 
 def cancellable(queryset: QuerySet[Batch]) -> QuerySet[Batch]:

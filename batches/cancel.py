@@ -65,9 +65,14 @@ def requested_notice(by: str, at: dt.datetime) -> str:
     return f"Cancel requested by {by or 'someone'} at {format_time(at)}"
 
 
+def unclaimed(now: dt.datetime | None = None) -> Q:
+    """No one's cancel is in flight (a claim older than its TTL was abandoned)."""
+    now = now or timezone.now()
+    return Q(cancel_requested_at__isnull=True) | Q(cancel_requested_at__lt=now - claim_ttl())
+
+
 def _claim(batch: Batch, username: str, now: dt.datetime) -> bool:
-    free = Q(cancel_requested_at__isnull=True) | Q(cancel_requested_at__lt=now - claim_ttl())
-    claimed = Batch.objects.filter(free, pk=batch.pk, status__in=CANCELLABLE_STATUSES).update(
+    claimed = Batch.objects.filter(unclaimed(now), pk=batch.pk, status__in=CANCELLABLE_STATUSES).update(
         cancel_requested_by=username, cancel_requested_at=now
     )
     return claimed == 1

@@ -822,8 +822,9 @@ class UpstreamClient:
 
 def _status_retryable(method: str, status: int, code: str | None) -> bool:
     if method != "GET":
-        # A 4xx on cancel (409 above all) is a refusal that repeating cannot change, and a 429 may
-        # come after the cancel was applied; a 5xx is safe to repeat, cancel being idempotent.
+        # A 4xx on cancel (409 above all) is a refusal that repeating here cannot change. A 429 is
+        # the caller's to wait out: a cancel is an audited action, and so is asking again (bulk
+        # cancel does, with an audit entry per try). A 5xx is repeated, cancel being idempotent.
         return status >= 500
     if status == 429 and code == "insufficient_quota":
         # Out of credit, not a burst limit: waiting a second will not change the answer.

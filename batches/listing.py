@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 
-from batches import bulk
+from batches.cancel import unclaimed
 from batches.costs import CostSummary, PriceTable, summarize_usage
 from batches.filters import STATUS_SUMS, TABS, BatchFilters, Summary, Tab, tabs_and_summary_of
 from batches.models import CANCELLABLE_STATUSES, Batch, SyncState
@@ -53,7 +53,7 @@ def totals(
     """One query whatever the number of batches (the prices come from the caller)."""
     sums: dict[str, Any] = {**STATUS_SUMS, **USAGE_SUMS}
     if cancellable:
-        sums["cancellable"] = Count("id", filter=bulk.unclaimed())
+        sums["cancellable"] = Count("id", filter=unclaimed())
     grouped = filters.matching(queryset).order_by().values("status", "model").annotate(**sums)
     rows: list[dict[str, Any]] = [dict(row) for row in grouped]
     tabs, summary = tabs_and_summary_of(filters, rows)

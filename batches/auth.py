@@ -128,16 +128,11 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR", ""))[:64]
 
 
-def axes_client_ip(request: HttpRequest) -> str:
-    return client_ip(request)
-
-
 def ensure_roles() -> None:
     """Create the two groups with their permissions if missing (migration 0002 does it first;
     a flushed test database or a hand-deleted group needs it again)."""
     from django.apps import apps
     from django.contrib.auth.management import create_permissions
-    from django.contrib.auth.models import Permission
 
     # Idempotent; needed where a flush removed the permissions and content types too.
     create_permissions(apps.get_app_config("batches"), verbosity=0)

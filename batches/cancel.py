@@ -172,13 +172,15 @@ def _refused(
     _release(batch, username, now)
     # A 409 usually means the mirror was behind (the batch completed): fetch the truth, so the page
     # and the entry show it. A failure here changes nothing about the refusal being reported.
-    refreshed: Batch | None = None
+    refreshed = False
     try:
-        refreshed = sync.refresh_one(account, batch.batch_id)
+        sync.refresh_one(account, batch.batch_id)
+        refreshed = True
     except UpstreamError as again:
         log.info("refresh after refused cancel of %s failed: %s", batch.batch_id, again)
     except Exception:
         log.exception("refresh after refused cancel of %s failed", batch.batch_id)
+    batch.refresh_from_db()
     # An HTTP answer is a refusal; no answer (timeout, connection, unreadable body) leaves the
     # outcome unknown: the upstream may have applied the cancel.
     answered = exc.status is not None and exc.kind != "malformed"
@@ -186,7 +188,7 @@ def _refused(
         event=Event.CANCEL,
         outcome=Outcome.REFUSED if answered else Outcome.ERROR,
         status_before=status_before,
-        status_after=refreshed.status if refreshed else "",
+        status_after=batch.status if refreshed else "",
         http_status=exc.status,
         error_type=exc.error_type or exc.kind,
         error_code=exc.code,
@@ -195,7 +197,6 @@ def _refused(
         **who,
         **where,
     )
-    batch.refresh_from_db()
     log.info(
         "cancel account=%s batch=%s by=%s failed kind=%s status=%s request_id=%s",
         account.name, batch.batch_id, username, exc.kind, exc.status, exc.request_id or "-",

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.core.cache import cache
@@ -217,7 +217,7 @@ def search_q(q: str) -> Q:
 
     metadata_text holds lower-cased `key=value` lines, so a key, a value or `key=value` all match.
     """
-    condition = Q(batch_id=q) | Q(batch_id__startswith=q) | Q(metadata_text__contains=q.lower())
+    condition = Q(batch_id__startswith=q) | Q(metadata_text__contains=q.lower())
     if not q.startswith("batch_"):
         # The list shows ids without their prefix; a copied short id should find its batch.
         condition |= Q(batch_id__startswith="batch_" + q)
@@ -307,5 +307,5 @@ def filter_options() -> dict[str, list[str]]:
             endpoints.add(endpoint)
         return {"models": sorted(models - {""}), "endpoints": sorted(endpoints - {""})}
 
-    options = cache.get_or_set(OPTIONS_CACHE_KEY, load, OPTIONS_CACHE_SECONDS)
-    return options if options is not None else load()
+    # Never None: get_or_set answers what load() made when the cache cannot keep it.
+    return cast(dict[str, list[str]], cache.get_or_set(OPTIONS_CACHE_KEY, load, OPTIONS_CACHE_SECONDS))

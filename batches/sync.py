@@ -598,12 +598,11 @@ def _background_cycle(account: Account) -> None:
         connection.close()
 
 
-def refresh_one(account: Account, batch_id: str) -> Batch | None:
+def refresh_one(account: Account, batch_id: str) -> None:
     """Retrieve one batch now (after a cancel or a refusal) and store it. Raises UpstreamError."""
     with get_client(account) as client:
         obj = client.retrieve_batch(batch_id)
     store_batches(account.name, [obj])
-    return Batch.objects.filter(account=account.name, batch_id=batch_id).first()
 
 
 # --- A batch someone is watching end ----------------------------------------------------------

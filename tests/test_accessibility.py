@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from batches.models import Batch
+from batches.models import AuditEntry, Batch
 from batches.simulator import SimClock, Simulator
 from batches.sync import run_cycle
 from tests.browser_fixtures import login, wait_for_htmx
@@ -59,6 +59,8 @@ def world(simulator, fresh_mirror, alice) -> dict[str, Batch]:  # type: ignore[n
     client.post(
         reverse("batch_cancel", args=["sim", done["id"]]), {"reason": "late"}, headers={"HX-Request": "true"}
     )
+    # The audit page below is scanned with one entry of each kind.
+    assert sorted(AuditEntry.objects.values_list("outcome", flat=True)) == ["accepted", "refused"]
     return {"running": Batch.objects.get(batch_id=running["id"]), "cancelled": other_batch}
 
 

@@ -66,11 +66,20 @@ def count_requests(page: Page, path: str, seconds: float) -> list[str]:
     return seen
 
 
-def wait_for_responses(page: Page, path: str, count: int) -> None:
-    """Until the page has received `count` more responses from `path` (polls, at POLL_INTERVAL)."""
+def wait_for_responses(page: Page, path: str, count: int, status: int | None = None) -> None:
+    """Until the page has received `count` more responses from `path` (polls, at POLL_INTERVAL),
+    of this `status` only when given (200: a re-render; a poll that finds nothing new gets 204)."""
     for _ in range(count):
-        with page.expect_response(lambda r: urlsplit(r.url).path.endswith(path), timeout=WAIT):
+        with page.expect_response(
+            lambda r: urlsplit(r.url).path.endswith(path) and status in (None, r.status), timeout=WAIT
+        ):
             pass
+
+
+def expect_no_cancel_controls(page: Page) -> None:
+    expect(page.locator("[data-cancel-url]")).to_have_count(0)
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    expect(page.locator("#cancel-dialog")).to_have_count(0)
 
 
 def main_frame_navigations(page: Page) -> list[str]:
@@ -149,21 +158,17 @@ def test_viewer_sees_no_cancel_button(page: Page, live_server, bob, running, scr
     expect(row.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
     assert page.locator("tr[id^='batch-row-']").count() > 1
     # A polled re-render of the row must not bring the button either.
-    wait_for_responses(page, fragment_path(running, "batch_row"), 1)
+    wait_for_responses(page, fragment_path(running, "batch_row"), 1, status=200)
     wait_for_htmx(page)
-    expect(page.locator("[data-cancel-url]")).to_have_count(0)
-    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
-    expect(page.locator("#cancel-dialog")).to_have_count(0)
+    expect_no_cancel_controls(page)
     screenshot("list")
 
     page.goto(live_server.url + fragment_path(running, "batch_detail"))
     live = page.locator("#batch-live")
     expect(live.locator(".badge")).to_have_text("in_progress", timeout=WAIT)
-    wait_for_responses(page, fragment_path(running, "batch_live"), 1)
+    wait_for_responses(page, fragment_path(running, "batch_live"), 1, status=200)
     wait_for_htmx(page)
-    expect(page.locator("[data-cancel-url]")).to_have_count(0)
-    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
-    expect(page.locator("#cancel-dialog")).to_have_count(0)
+    expect_no_cancel_controls(page)
     screenshot("detail")
 
 
@@ -183,11 +188,7 @@ def test_cancel_dialog_survives_polling(page: Page, live_server, alice, running,
     # At least two re-renders of the row behind the dialog (200s: a poll that finds nothing new
     # gets 204 and leaves the row alone), POLL_INTERVAL 1 s apart at the least.
     polls_before = len(swaps)
-    for _ in range(2):
-        with page.expect_response(
-            lambda r: urlsplit(r.url).path.endswith(row_path) and r.status == 200, timeout=WAIT
-        ):
-            pass
+    wait_for_responses(page, row_path, 2, status=200)
     assert sum(1 for status in swaps[polls_before:] if status == 200) >= 2, swaps
     expect(dialog).to_be_visible()
     assert dialog.evaluate("d => d.open") is True

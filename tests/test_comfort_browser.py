@@ -73,8 +73,9 @@ def test_bulk_cancel_dialog_states_the_exact_count_and_the_job_reports_each_batc
         page.locator(f"#batch-row-{batch.pk}").get_by_role("checkbox").check()
     selected = page.get_by_role("button", name="Cancel 2 selected")
     expect(selected).to_be_visible()
-    with page.expect_response(
-        lambda r: urlsplit(r.url).path.endswith(f"/{tagged[0].batch_id}/row/"), timeout=WAIT
+    with page.expect_response(  # a re-render (200), not a poll that found nothing new (204)
+        lambda r: urlsplit(r.url).path.endswith(f"/{tagged[0].batch_id}/row/") and r.status == 200,
+        timeout=WAIT,
     ):
         pass
     wait_for_htmx(page)
@@ -147,7 +148,10 @@ def test_keyboard_shortcuts(page: Page, live_server, bob, tagged, page_problems)
     first_id = first.get_attribute("id")
     href = first.locator("a").first.get_attribute("href")
     # A poll re-renders the selected row: the selection stays on it.
-    page.wait_for_timeout(2500)
+    with page.expect_response(
+        lambda r: urlsplit(r.url).path == f"{href}row/" and r.status == 200, timeout=WAIT
+    ):
+        pass
     wait_for_htmx(page)
     expect(page.locator(f"#{first_id}")).to_have_class(re.compile(r"\bkb-selected\b"))
 

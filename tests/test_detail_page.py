@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 import time
 
 import pytest
@@ -362,7 +363,10 @@ def test_404_sends_nothing_to_a_live_simulator(bob_client, simulator, sim_accoun
         "/batches/sim/batch_unknown/files/file-abc/",
     ):
         assert bob_client.get(path).status_code == 404
-    time.sleep(0.1)
+    # A background refresh the views might have started would have to finish first.
+    for thread in threading.enumerate():
+        if thread.name.startswith(("sync-", "refresh-")):
+            thread.join(10)
 
     assert simulator.total_requests() == before
 

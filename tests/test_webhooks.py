@@ -677,15 +677,13 @@ def test_a_sync_cycle_that_ends_a_batch_does_not_wait_for_a_slow_receiver(
     run_cycle(sim_account)
 
     sim_clock.advance(3600)
-    started = time.monotonic()
     with django_capture_on_commit_callbacks(execute=True):
         assert run_cycle(sim_account).ok
-    elapsed = time.monotonic() - started
 
+    # Queued, not sent: the cycle never talked to the (5 s slow) receiver.
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "pending" and delivery.attempts == 0
     assert receiver.requests == []
-    assert elapsed < 4.0
 
 
 @pytest.mark.django_db

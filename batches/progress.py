@@ -41,7 +41,8 @@ class Estimate:
     finishes_at: dt.datetime | None
     # The ETA lands after expires_at: the batch will likely expire with part of its requests undone.
     after_expiry: bool
-    # How the rate was measured, for the page: "last 15 min", "whole run", "".
+    # How the rate was measured, for the page: "last 15 min" (RATE_WINDOW), "since the first
+    # sample" (a shorter history), "whole run", or "".
     basis: str
 
 
@@ -108,7 +109,9 @@ def _recent_rate(points: list[Point]) -> tuple[float | None, str]:
     if span < MIN_SPAN:
         return None, ""
     rate = (last.done - base.done) / (span.total_seconds() / 60)
-    return max(rate, 0.0), "last 15 min" if base is not points[0] else "since the first sample"
+    # A full window when the base lies at or before its start, even when that base is the first sample.
+    basis = f"last {RATE_WINDOW.total_seconds() / 60:g} min" if base.at <= start else "since the first sample"
+    return max(rate, 0.0), basis
 
 
 def _overall_rate(batch: Batch, now: dt.datetime) -> tuple[float | None, str]:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from batches import progress
 from batches.accounts import Account
 from batches.models import Batch, BatchSample
+from batches.progress import Point
 from batches.sync import store_batches
 from tests.factories import batch_json, offline_account
 
@@ -103,6 +104,24 @@ def test_timeline_durations_follow_the_times_not_the_usual_order():
     steps = [(s["name"], s["after"]) for s in batch.timeline()]
 
     assert steps == [("created", None), ("cancelling", 5 * minute), ("in progress", 5 * minute)]
+
+
+@pytest.mark.parametrize(
+    ("minutes", "basis", "per_minute"),
+    [
+        ((0, 20), "last 15 min", 10.0),  # the first sample lies before the window: a full window
+        ((0, 5, 20), "last 15 min", 10.0),  # measured from the newest sample at the window's start
+        ((0, 10), "since the first sample", 10.0),  # a shorter history than the window
+    ],
+)
+def test_the_rate_says_what_it_was_measured_over(minutes, basis, per_minute):
+    start = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+    points = [Point(start + dt.timedelta(minutes=m), completed=10 * m, failed=0) for m in minutes]
+    batch = Batch(status="in_progress", request_total=10_000, request_completed=points[-1].completed)
+
+    estimate = progress.estimate(batch, points, now=points[-1].at)
+
+    assert (estimate.basis, estimate.rate_per_minute) == (basis, per_minute)
 
 
 @pytest.mark.django_db

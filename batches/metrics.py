@@ -184,13 +184,8 @@ def collect() -> str:
 
 
 def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    networks = []
-    for entry in settings.METRICS_ALLOWED_IPS:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            log.warning("METRICS_ALLOWED_IPS: %r is not an address or network; ignored", entry)
-    return networks
+    # Every entry was checked at start-up (settings.py refuses to start with a bad one).
+    return [ipaddress.ip_network(entry.strip(), strict=False) for entry in settings.METRICS_ALLOWED_IPS]
 
 
 def address_allowed(address: str) -> bool:
@@ -201,7 +196,8 @@ def address_allowed(address: str) -> bool:
     candidates = [ip]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         candidates.append(ip.ipv4_mapped)
-    return any(candidate in network for candidate in candidates for network in _networks())
+    networks = _networks()
+    return any(candidate in network for candidate in candidates for network in networks)
 
 
 def token_allowed(request: HttpRequest) -> bool:

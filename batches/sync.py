@@ -616,7 +616,8 @@ def refresh_cancelling(account: Account, batch: Batch) -> bool:
     A cancel takes effect upstream minutes later, and the operator who pressed the button watches
     the row for it: waiting for the next account-wide refresh (REFRESH_INTERVAL) would show it late.
     This costs one request per cancelling batch per POLL_INTERVAL, however many people watch: the
-    claim is an atomic cache.add (shared through Redis when several instances run). The poll that
+    claim is an atomic cache.add in the shared cache (Redis); with the default local-memory cache
+    each worker process claims for itself, so it is one request per worker. The poll that
     claims it waits a moment for the answer, so the change shows in this very response; a slow
     upstream only delays it to the next poll. True when the batch was refreshed in time.
     """

@@ -1,7 +1,7 @@
 """Settings, all from the environment (and an optional `.env`); see `.env.example`.
 
 Defaults are safe for production: DEBUG is off and SECRET_KEY must be given.
-`manage.py demo` sets what the local demo needs.
+`./dev demo` sets what the local demo needs (SECRET_KEY included).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _parse(name: str, parser, default: str):  # type: ignore[no-untyped-def]
 
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = _required("SECRET_KEY", "set a long random value (the demo sets its own).")
+SECRET_KEY = _required("SECRET_KEY", "set a long random value (./dev demo makes its own).")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -245,7 +245,8 @@ for _entry in METRICS_ALLOWED_IPS:
 # The dashboard's public address (https://batches.example.com), for links in webhook messages;
 # empty: the messages carry no link.
 DASHBOARD_URL = env.str("DASHBOARD_URL", default="").rstrip("/")
-if DASHBOARD_URL and urlsplit(DASHBOARD_URL).scheme not in ("http", "https"):
+_dashboard = urlsplit(DASHBOARD_URL)
+if DASHBOARD_URL and (_dashboard.scheme not in ("http", "https") or not _dashboard.hostname):
     raise ImproperlyConfigured("DASHBOARD_URL must be an http(s) URL, e.g. https://batches.example.com.")
 # Webhooks to private, loopback and link-local addresses are refused unless this is on.
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)

@@ -86,6 +86,9 @@ BAD = [
     ("SESSION_COOKIE_AGE", {"SESSION_COOKIE_AGE": "8h"}),
     ("UPSTREAM_READ_TIMEOUT", {"UPSTREAM_READ_TIMEOUT": "thirty"}),
     ("LOGIN_FAILURE_LIMIT", {"LOGIN_FAILURE_LIMIT": "five"}),
+    ("METRICS_ALLOWED_IPS", {"METRICS_ALLOWED_IPS": "127.0.0.1,localhost"}),
+    ("DASHBOARD_URL", {"DASHBOARD_URL": "ftp://batches.example.com"}),
+    ("DASHBOARD_URL", {"DASHBOARD_URL": "https://"}),
 ]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -30,8 +29,6 @@ from batches.accounts import get_accounts
 from batches.auth import client_ip
 from batches.client import ErrorKind
 from batches.models import ALL_STATUSES, AuditEntry, Batch, SyncState
-
-log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "batch_dashboard_"

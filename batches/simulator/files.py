@@ -6,6 +6,7 @@ same file always has the same bytes and no file is ever held in memory as a whol
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -97,9 +98,7 @@ def _tokens(rng: random.Random, usage: UsageRates | None) -> tuple[int, int, int
 
 def _request_body(spec: FileSpec, rng: random.Random) -> dict[str, Any]:
     prompt = rng.choice(PROMPTS)
-    if spec.endpoint == "/v1/embeddings":
-        return {"model": spec.model, "input": prompt}
-    if spec.endpoint == "/v1/moderations":
+    if spec.endpoint in ("/v1/embeddings", "/v1/moderations"):
         return {"model": spec.model, "input": prompt}
     if spec.endpoint == "/v1/completions":
         return {"model": spec.model, "prompt": prompt, "max_tokens": 200}
@@ -282,17 +281,14 @@ def _error_line(rng: random.Random, custom_id: str, expired: bool) -> dict[str, 
 
 
 def _input_lines(spec: FileSpec, rng: random.Random) -> Iterator[dict[str, Any]]:
-    for index in range(min(spec.total, MAX_CONTENT_LINES)):
+    for index in range(spec.total):
         body = _request_body(spec, rng)
         yield {"custom_id": f"request-{index + 1}", "method": "POST", "url": spec.endpoint, "body": body}
 
 
 def _output_lines(spec: FileSpec, rng: random.Random) -> Iterator[dict[str, Any]]:
     processed = spec.completed + spec.failed
-    written = 0
     for index in range(processed):
-        if written >= MAX_CONTENT_LINES:
-            return
         if _is_failed(index, processed, spec.failed):
             continue
         response = {"status_code": 200, "request_id": f"req_{_hex(rng)}", "body": _success_body(spec, rng)}
@@ -302,24 +298,16 @@ def _output_lines(spec: FileSpec, rng: random.Random) -> Iterator[dict[str, Any]
             "response": response,
             "error": None,
         }
-        written += 1
 
 
 def _error_lines(spec: FileSpec, rng: random.Random) -> Iterator[dict[str, Any]]:
     processed = spec.completed + spec.failed
-    written = 0
     failed = (i for i in range(processed) if _is_failed(i, processed, spec.failed))
     for index in failed:
-        if written >= MAX_CONTENT_LINES:
-            return
         yield _error_line(rng, f"request-{index + 1}", expired=False)
-        written += 1
     # An expired batch lists every request it never ran, so users can resubmit them.
     for index in range(processed, processed + spec.unfinished):
-        if written >= MAX_CONTENT_LINES:
-            return
         yield _error_line(rng, f"request-{index + 1}", expired=True)
-        written += 1
 
 
 def iter_lines(spec: FileSpec) -> Iterator[bytes]:
@@ -330,7 +318,7 @@ def iter_lines(spec: FileSpec) -> Iterator[bytes]:
         lines = _output_lines(spec, rng)
     else:
         lines = _error_lines(spec, rng)
-    for line in lines:
+    for line in itertools.islice(lines, MAX_CONTENT_LINES):
         yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
 
 

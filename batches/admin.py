@@ -18,7 +18,7 @@ from batches.models import AuditEntry, Batch, SyncState
 class ReadOnlyAdmin(admin.ModelAdmin):
     """View permission only: no add, change or delete, and so no bulk actions either."""
 
-    actions = None
+    actions: Any = None
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from batches import webhooks
+from batches.admin import ReadOnlyAdmin  # defined before batches.admin imports this module
 from batches.models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
 
 
@@ -105,7 +106,7 @@ class WebhookAdmin(SuperuserOnly, admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(SuperuserOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+class WebhookDeliveryAdmin(SuperuserOnly, ReadOnlyAdmin):
     list_display = (
         "id", "created_at", "event", "webhook", "status", "attempts", "next_attempt_at",
         "last_status_code", "last_error", "delivered_at",
@@ -116,17 +117,8 @@ class WebhookDeliveryAdmin(SuperuserOnly, admin.ModelAdmin):  # type: ignore[typ
         "webhook", "event", "payload", "status", "attempts", "next_attempt_at", "locked_by", "locked_until",
         "last_attempt_at", "last_status_code", "last_response", "last_error", "created_at", "delivered_at",
     )  # fmt: skip
-    actions = ["retry"]
+    actions = ["retry"]  # the one action of a read-only admin
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return self.has_module_permission(request)

@@ -12,6 +12,7 @@ Pure Python on `requests`: no Django here, so it can be used and tested without 
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -401,15 +402,13 @@ def _read_prefix(response: requests.Response, limit: int) -> bytes:
     """Up to limit bytes of an error body; a body we cannot read is treated as empty."""
     chunks: list[bytes] = []
     size = 0
-    try:
+    # A read that fails keeps what arrived: the status alone still makes a useful error.
+    with contextlib.suppress(Exception):
         for chunk in response.iter_content(8192):
             chunks.append(chunk)
             size += len(chunk)
             if size >= limit:
                 break
-    except Exception:
-        # The status alone still makes a useful error: keep what arrived.
-        return b"".join(chunks)[:limit]
     return b"".join(chunks)[:limit]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import formats, timezone
 
@@ -72,19 +72,25 @@ def unclaimed(now: dt.datetime | None = None) -> Q:
 
 
 def _claim(batch: Batch, username: str, now: dt.datetime) -> bool:
-    claimed = Batch.objects.filter(unclaimed(now), pk=batch.pk, status__in=CANCELLABLE_STATUSES).update(
-        cancel_requested_by=username, cancel_requested_at=now
-    )
-    return claimed == 1
+    free = Batch.objects.filter(unclaimed(now), pk=batch.pk, status__in=CANCELLABLE_STATUSES)
+    return _write_claim(free, batch.account, username, now)
 
 
 def _release(batch: Batch, username: str, now: dt.datetime) -> None:
     # Only our own claim: if it expired and someone else took it over, theirs stays.
     ours = Batch.objects.filter(pk=batch.pk, cancel_requested_by=username, cancel_requested_at=now)
-    released = ours.update(cancel_requested_by="", cancel_requested_at=None)
-    if released:
-        # A list cached while the claim stood shows it: store_batches bumps only for upstream changes.
-        sync._bump_version(batch.account)
+    _write_claim(ours, batch.account, "", None)
+
+
+def _write_claim(row: QuerySet[Batch], account: str, by: str, at: dt.datetime | None) -> bool:
+    """Set or clear the claim on `row` (one batch at most); True when it was written.
+
+    The list's cached results show claims ("cancel requested by …"): a written claim is a change
+    of the mirror, so the account's mirror version moves as for an upstream change."""
+    written = row.update(cancel_requested_by=by, cancel_requested_at=at) == 1
+    if written:
+        sync.bump_mirror_version(account)
+    return written
 
 
 def request_cancel(

@@ -219,7 +219,7 @@ def _store(account: str, objects: list[dict[str, Any]], now: dt.datetime) -> Pag
     if unchanged:
         Batch.objects.filter(pk__in=unchanged).update(synced_at=now)
     if created or changed:
-        _bump_version(account)
+        bump_mirror_version(account)
     _sample(to_sample, now)
     for batch, old_status in transitions:
         transaction.on_commit(partial(batch_status_changed.send, Batch, batch=batch, old_status=old_status))
@@ -240,7 +240,7 @@ def _sample(batches: list[Batch], now: dt.datetime) -> None:
     )
 
 
-def _bump_version(account: str) -> None:
+def bump_mirror_version(account: str) -> None:
     """The mirror changed: the list's cached results (keyed on this version) are out of date."""
     SyncState.objects.filter(account=account).update(mirror_version=F("mirror_version") + 1)
 

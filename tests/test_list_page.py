@@ -550,6 +550,22 @@ def test_nothing_of_the_user_is_inside_the_cached_results(alice_client, cached_l
 
 
 @pytest.mark.django_db
+def test_a_cancel_claim_and_its_release_show_on_a_cached_list(bob_client, cached_list):
+    from batches.cancel import _claim, _release
+
+    store_batches("sim", [batch_json("in_progress")])
+    batch = Batch.objects.get()
+    assert "cancel requested by" not in get(bob_client)
+
+    at = timezone.now()
+    assert _claim(batch, "alice", at)
+    assert "cancel requested by <strong>alice</strong>" in get(bob_client)
+
+    _release(batch, "alice", at)
+    assert "cancel requested by" not in get(bob_client)
+
+
+@pytest.mark.django_db
 def test_store_batches_bumps_the_mirror_version_only_when_a_row_changes():
     synced("sim")
     obj = batch_json("in_progress")

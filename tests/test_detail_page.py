@@ -388,16 +388,3 @@ def test_404_sends_nothing_to_a_live_simulator(bob_client, simulator, sim_accoun
             thread.join(10)
 
     assert simulator.total_requests() == before
-
-
-@pytest.mark.django_db
-def test_access(client, charlie_client, bob_client, alice_client):
-    obj = batch_json()
-    store_batches("sim", [obj])
-    url = reverse("batch_detail", args=["sim", obj["id"]])
-
-    anonymous = client.get(url)
-    assert anonymous.status_code == 302 and reverse("login") in anonymous["Location"]
-    assert charlie_client.get(url).status_code == 403
-    assert bob_client.get(url).status_code == 200
-    assert alice_client.get(url).status_code == 200

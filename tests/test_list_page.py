@@ -397,15 +397,6 @@ def test_stuck_batches_are_marked(bob_client, settings):
     assert f'title="no progress for more than {settings.STUCK_AFTER_MINUTES} minutes">stuck</span>' in page
 
 
-@pytest.mark.django_db
-def test_access(client, charlie_client, bob_client, alice_client):
-    anonymous = client.get(URL)
-    assert anonymous.status_code == 302 and reverse("login") in anonymous["Location"]
-    assert charlie_client.get(URL).status_code == 403
-    assert bob_client.get(URL).status_code == 200
-    assert alice_client.get(URL).status_code == 200
-
-
 # --- queries and the cache of the results -------------------------------------------------------
 
 

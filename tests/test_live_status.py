@@ -237,20 +237,6 @@ def test_a_real_authentication_failure_reaches_the_banner(bob_client, simulator,
     assert "sk-wrong-key-abcdef123456" not in page
 
 
-@pytest.mark.django_db
-@pytest.mark.parametrize("name", ["batch_row", "batch_live"])
-def test_access(client, charlie_client, bob_client, alice_client, name):
-    obj = batch_json("in_progress")
-    store_batches("sim", [obj])
-    url = reverse(name, args=["sim", obj["id"]])
-
-    anonymous = client.get(url)
-    assert anonymous.status_code == 302 and reverse("login") in anonymous["Location"]
-    assert charlie_client.get(url).status_code == 403
-    assert bob_client.get(url).status_code == 200
-    assert alice_client.get(url).status_code == 200
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_cancelling_row_shows_cancelled_at_the_first_poll_after_the_upstream_does(
     simulator, sim_clock, sim_account, settings, bob_client

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import html
 import io
 import itertools
@@ -92,6 +93,33 @@ def test_every_model_field_is_either_hashed_or_deliberately_left_out():
     fields = {f.name for f in AuditEntry._meta.concrete_fields}
 
     assert fields == set(audit.HASHED_FIELDS) | set(audit.UNHASHED_FIELDS)
+
+
+def test_the_hashed_form_of_an_entry_is_fixed():
+    # Exports are checked against this recipe long after they were written: it must not drift.
+    values = {
+        "at": dt.datetime(2026, 3, 10, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        "event": "cancel",
+        "outcome": "accepted",
+        "actor_username": "alice",
+        "account": "sim",
+        "batch_id": "batch_one",
+        "reason": "wrong model \u00e9",
+        "http_status": 200,
+        "prev_hash": audit.GENESIS_HASH,
+    }
+    expected = (
+        '{"account":"sim","actor_email":null,"actor_username":"alice","at":"2026-03-10T09:30:00.000000+00:00",'
+        '"batch_id":"batch_one","client_ip":null,"error_code":null,"error_message":null,"error_type":null,'
+        '"event":"cancel","http_status":200,"observed_at":null,"outcome":"accepted","prev_hash":"'
+        + "0"
+        * 64
+        + '","reason":"wrong model \u00e9","request_id":null,"status_after":null,"status_before":null,'
+        '"user_agent":null}'
+    )
+
+    assert audit.canonical_json(values) == expected
+    assert audit.compute_hash("0" * 64, values) == hashlib.sha256(("0" * 64 + expected).encode()).hexdigest()
 
 
 @pytest.mark.django_db

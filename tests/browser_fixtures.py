@@ -17,7 +17,9 @@ import pytest
 # pytest-playwright's sync API keeps an asyncio event loop running in the main thread for the whole
 # session (greenlet-based). Django then takes every ORM call from that thread (the test body,
 # fixtures, the transactional flush) for a call from async code and raises SynchronousOnlyOperation,
-# although nothing here is async. This is the documented escape hatch; the suite has no async code.
+# although nothing here is async. This is the documented escape hatch. The one async path under
+# test (tests/test_remote_user.py, through ASGI) runs the app's sync code in sync_to_async threads,
+# where this check never applies, so the flag hides nothing there.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 CHROMIUM = "/usr/bin/chromium"

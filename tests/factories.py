@@ -11,6 +11,13 @@ from batches.sync import store_batches
 
 _seq = itertools.count(1)
 HOUR = 3600
+# The simulator's route key for a cancel, in its request counts (Simulator.stats()).
+UPSTREAM_CANCEL = "POST /batches/{id}/cancel"
+
+
+def upstream_cancels(simulator: Any) -> int:
+    """How many cancel requests the simulator has served."""
+    return int(simulator.stats().get(UPSTREAM_CANCEL, 0))
 
 
 def offline_account(name: str = "sim") -> Account:

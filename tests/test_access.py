@@ -19,8 +19,8 @@ from django.urls import reverse
 
 from batches.models import AuditEntry, Batch
 from batches.sync import store_batches
+from tests.factories import upstream_cancels
 
-CANCEL = "POST /batches/{id}/cancel"
 HTMX = {"HX-Request": "true"}
 
 
@@ -52,10 +52,6 @@ def read_urls(batch: Batch) -> list[str]:
 
 def cancel_url(batch: Batch) -> str:
     return reverse("batch_cancel", args=[batch.account, batch.batch_id])
-
-
-def upstream_cancels(simulator: Any) -> int:
-    return simulator.stats().get(CANCEL, 0)
 
 
 @pytest.fixture

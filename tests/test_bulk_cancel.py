@@ -22,9 +22,8 @@ from batches.audit import verify_chain
 from batches.models import AuditEntry, Batch
 from batches.simulator import Fault, SimClock, Simulator
 from batches.sync import run_cycle, store_batches
-from tests.factories import batch_json, offline_account
+from tests.factories import batch_json, offline_account, upstream_cancels
 
-CANCEL = "POST /batches/{id}/cancel"
 HTMX = {"HX-Request": "true"}
 TAG = "bulk-run-7"
 URL = "/batches/cancel/"
@@ -40,10 +39,6 @@ def simulator(sim_clock: SimClock) -> Simulator:
 def inline_jobs(settings: Any) -> None:
     settings.BULK_CANCEL_INLINE = True
     settings.BULK_CANCEL_PAUSE = 0
-
-
-def upstream_cancels(simulator: Simulator) -> int:
-    return simulator.stats().get(CANCEL, 0)
 
 
 def create(simulator: Simulator, n: int, **overrides: Any) -> list[str]:

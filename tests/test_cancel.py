@@ -23,13 +23,9 @@ from batches.audit import verify_chain
 from batches.models import AuditEntry, Batch
 from batches.simulator import Fault
 from batches.sync import run_cycle, store_batches
+from tests.factories import upstream_cancels
 
-CANCEL = "POST /batches/{id}/cancel"
 HTMX = {"HX-Request": "true"}
-
-
-def upstream_cancels(simulator: Any) -> int:
-    return simulator.stats().get(CANCEL, 0)
 
 
 def mirror(simulator: Any, **overrides: Any) -> Batch:

@@ -55,6 +55,13 @@ def charlie(db: None) -> User:
     return _user("charlie", None)
 
 
+def csrf_checked_client(user: User) -> Client:
+    """Signed in as `user`, with CSRF checks on (the test client skips them by default)."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
 def _client(user: User) -> Client:
     client = Client()
     client.force_login(user)

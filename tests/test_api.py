@@ -22,6 +22,7 @@ from django.utils import timezone
 from batches import tokens
 from batches.models import ApiToken, Batch, ModelPrice
 from batches.sync import store_batches
+from tests.conftest import csrf_checked_client
 from tests.factories import batch_json
 
 LIST = reverse("api_batch_list")
@@ -136,8 +137,7 @@ def test_token_page_needs_a_login_a_role_and_csrf(client, charlie_client, bob):
     assert client.get(TOKENS).status_code == 302
     assert charlie_client.get(TOKENS).status_code == 403
     assert charlie_client.post(TOKENS, {"name": "x"}).status_code == 403
-    strict = Client(enforce_csrf_checks=True)
-    strict.force_login(bob)
+    strict = csrf_checked_client(bob)
     assert strict.post(TOKENS, {"name": "x"}).status_code == 403
     row, _ = tokens.issue(bob, "x")
     assert strict.post(reverse("api_token_revoke", args=[row.pk])).status_code == 403

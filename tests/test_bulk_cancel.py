@@ -22,6 +22,7 @@ from batches.audit import verify_chain
 from batches.models import AuditEntry, Batch
 from batches.simulator import Fault, SimClock, Simulator
 from batches.sync import run_cycle, store_batches
+from tests.conftest import csrf_checked_client
 from tests.factories import batch_json, offline_account, upstream_cancels
 
 HTMX = {"HX-Request": "true"}
@@ -333,8 +334,7 @@ def test_signed_out_goes_to_the_login_page(client, simulator, sim_account):
 def test_csrf_token_is_required(alice, simulator, sim_account):
     chosen = create(simulator, 1)
     fill(sim_account)
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
+    client = csrf_checked_client(alice)
 
     response = client.post(URL, {"ids": ids_of(chosen)}, headers=HTMX)
 

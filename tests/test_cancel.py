@@ -23,6 +23,7 @@ from batches.audit import verify_chain
 from batches.models import AuditEntry, Batch
 from batches.simulator import Fault
 from batches.sync import run_cycle, store_batches
+from tests.conftest import csrf_checked_client
 from tests.factories import upstream_cancels
 
 HTMX = {"HX-Request": "true"}
@@ -266,21 +267,8 @@ def test_reason_line_breaks_count_once_as_the_browser_counts_them(alice_client, 
 
 
 @pytest.mark.django_db
-def test_missing_csrf_token_is_refused(alice, simulator, running):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
-
-    response = post_cancel(client, running)
-
-    assert response.status_code == 403
-    assert upstream_cancels(simulator) == 0
-    assert not AuditEntry.objects.exists()
-
-
-@pytest.mark.django_db
 def test_csrf_token_in_the_htmx_header_is_accepted(alice, simulator, running):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
+    client = csrf_checked_client(alice)
     client.get(reverse("batch_list"))  # sets the CSRF cookie
     token = client.cookies["csrftoken"].value
 

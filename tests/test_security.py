@@ -26,7 +26,7 @@ from batches.accounts import Account
 from batches.client import UpstreamClient
 from batches.models import AuditEntry, Batch, SyncState
 from tests import conftest as guard
-from tests.conftest import SIM_KEY
+from tests.conftest import SIM_KEY, csrf_checked_client
 from tests.factories import batch_json, offline_account
 
 LIST_URL = reverse("batch_list")
@@ -323,8 +323,7 @@ def test_login_without_a_csrf_token_is_refused(bob):
 
 @pytest.mark.django_db
 def test_logout_without_a_csrf_token_is_refused(bob):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(bob)
+    client = csrf_checked_client(bob)
 
     assert client.post(reverse("logout")).status_code == 403
     assert client.get(LIST_URL).status_code == 200  # still signed in
@@ -334,8 +333,7 @@ def test_logout_without_a_csrf_token_is_refused(bob):
 def test_cancel_without_a_csrf_token_is_refused_and_nothing_happens(offline, alice, upstream_attempts):
     running = batch_json("in_progress")
     sync.store_batches("sim", [running])
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
+    client = csrf_checked_client(alice)
 
     response = client.post(reverse("batch_cancel", args=["sim", running["id"]]), {"reason": "no token"})
 

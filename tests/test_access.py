@@ -113,9 +113,11 @@ def test_user_without_a_role_is_refused_everywhere(charlie_client, simulator, ru
 
 
 @pytest.mark.django_db
-def test_viewer_reads_every_page_and_fragment(bob_client, running):
+@pytest.mark.parametrize("who", ["bob_client", "alice_client"])
+def test_viewer_and_operator_read_every_page_and_fragment(request, who, running):
+    client = request.getfixturevalue(who)
     for url in read_urls(running):
-        assert bob_client.get(url).status_code == 200, url
+        assert client.get(url).status_code == 200, url
 
 
 @pytest.mark.django_db
@@ -169,12 +171,6 @@ def test_the_audit_needs_its_own_permission(bob, bob_client, running):
 
 
 # --- alice: operator -----------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_operator_reads_every_page_and_fragment(alice_client, running):
-    for url in read_urls(running):
-        assert alice_client.get(url).status_code == 200, url
 
 
 @pytest.mark.django_db

@@ -157,17 +157,24 @@ def test_a_batch_someone_else_is_cancelling_is_reported_not_sent_again(alice_cli
     assert AuditEntry.objects.get(batch_id=chosen[0]).outcome == "in_flight"
 
 
+def rate_limit_the_next_cancel(simulator: Simulator, monkeypatch: Any, retry_after: float) -> list[float]:
+    """The next cancel upstream answers 429, asking to wait `retry_after` s; the bulk job's sleeps
+    are recorded in the list returned, not slept."""
+    simulator.add_fault(
+        Fault(kind="status", status=429, path=r"/cancel$", method="POST", count=1, retry_after=retry_after)
+    )
+    waits: list[float] = []
+    monkeypatch.setattr(bulk, "_sleep", waits.append)
+    return waits
+
+
 @pytest.mark.django_db
 def test_rate_limit_on_the_first_is_waited_out_then_the_job_goes_on(
     alice_client, simulator, sim_account, monkeypatch
 ):
     chosen = create(simulator, 3)
     fill(sim_account)
-    simulator.add_fault(
-        Fault(kind="status", status=429, path=r"/cancel$", method="POST", count=1, retry_after=0.3)
-    )
-    waits: list[float] = []
-    monkeypatch.setattr(bulk, "_sleep", waits.append)
+    waits = rate_limit_the_next_cancel(simulator, monkeypatch, retry_after=0.3)
 
     response = post(alice_client, ids=ids_of(chosen))
 
@@ -192,11 +199,7 @@ def test_a_rate_limit_wait_is_bounded(alice_client, simulator, sim_account, sett
     settings.BULK_CANCEL_MAX_WAIT = 0.05
     chosen = create(simulator, 1)
     fill(sim_account)
-    simulator.add_fault(
-        Fault(kind="status", status=429, path=r"/cancel$", method="POST", count=1, retry_after=120)
-    )
-    waits: list[float] = []
-    monkeypatch.setattr(bulk, "_sleep", waits.append)
+    waits = rate_limit_the_next_cancel(simulator, monkeypatch, retry_after=120)
 
     response = post(alice_client, ids=ids_of(chosen))
 

@@ -171,3 +171,17 @@ def fresh_mirror(settings: Any, sim_account: Any) -> Iterator[Any]:
     for thread in threading.enumerate():
         if thread.name.startswith("sync-") and thread is not threading.current_thread():
             thread.join(timeout=15)
+
+
+@pytest.fixture
+def finishing_batch(simulator: Any, fresh_mirror: Any) -> Any:
+    """A mirrored batch in progress that finishes on its own: 30 simulated seconds in progress,
+    then 10 finalizing (the simulator's clock follows real time)."""
+    from batches.models import Batch
+    from batches.sync import run_cycle
+
+    obj = simulator.create_batch(
+        status="in_progress", total=200, in_progress_seconds=30, finalizing_seconds=10
+    )
+    assert run_cycle(fresh_mirror).ok
+    return Batch.objects.get(account=fresh_mirror.name, batch_id=obj["id"])

@@ -207,13 +207,9 @@ def test_cancel_dialog_survives_polling(page: Page, live_server, alice, running,
 
 
 def test_detail_page_polls_until_the_batch_ends(
-    page: Page, live_server, bob, simulator, sim_clock, fresh_mirror, screenshot
+    page: Page, live_server, bob, sim_clock, finishing_batch, screenshot
 ):  # type: ignore[no-untyped-def]
-    obj = simulator.create_batch(
-        status="in_progress", total=200, in_progress_seconds=30, finalizing_seconds=10
-    )
-    assert run_cycle(fresh_mirror).ok
-    batch = Batch.objects.get(account="sim", batch_id=obj["id"])
+    batch = finishing_batch
     login(page, live_server, "bob", "bob-password-1")
     page.goto(live_server.url + fragment_path(batch, "batch_detail"))
     live = page.locator("#batch-live")

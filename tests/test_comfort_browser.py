@@ -211,13 +211,9 @@ def test_dark_theme_toggle_persists_across_reloads(page: Page, live_server, bob,
 
 
 def test_status_changes_are_announced(
-    page: Page, live_server, bob, simulator, sim_clock, fresh_mirror, page_problems
+    page: Page, live_server, bob, sim_clock, finishing_batch, page_problems
 ):  # type: ignore[no-untyped-def]
-    obj = simulator.create_batch(
-        status="in_progress", total=200, in_progress_seconds=30, finalizing_seconds=10
-    )
-    assert run_cycle(fresh_mirror).ok
-    batch = Batch.objects.get(batch_id=obj["id"])
+    batch = finishing_batch
     live = page.locator("#live-status")
     login(page, live_server, "bob", "bob-password-1")
     expect(live).to_have_attribute("aria-live", "polite")

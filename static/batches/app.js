@@ -12,6 +12,21 @@ function csrfTokenIn(container) {
   }
 }
 
+// A dialog's problem line: text only (never HTML), hidden while empty.
+function showProblemIn(element, text) {
+  if (!element) return;
+  element.textContent = text;
+  element.hidden = !text;
+}
+
+// Why a cancel request got no fragment back; `unknown`: what to say when the outcome is unknown.
+function cancelProblem(response, unknown) {
+  if (response.redirected) return "Your session has ended: reload the page and sign in again. Nothing was sent.";
+  if (response.status === 403) return "Refused by the dashboard (HTTP 403): you may not cancel batches, or the page is too old. Reload it.";
+  if (response.status === 404) return "This batch is not in the dashboard (HTTP 404). Nothing was sent.";
+  return "The dashboard answered HTTP " + response.status + ". " + unknown;
+}
+
 // Poll less while the tab is hidden: let one poll in six through (every 30 s at the default 5 s).
 (function () {
   let skipped = 0;
@@ -46,12 +61,7 @@ function csrfTokenIn(container) {
     if (reason && count) count.textContent = String(reason.value.length);
   }
 
-  function showProblem(text) {
-    const problem = part("problem");
-    if (!problem) return;
-    problem.textContent = text; // text, never HTML
-    problem.hidden = !text;
-  }
+  function showProblem(text) { showProblemIn(part("problem"), text); }
 
   function openDialog(opener) {
     const d = dialog();
@@ -98,10 +108,7 @@ function csrfTokenIn(container) {
   });
 
   function problemFor(response) {
-    if (response.redirected) return "Your session has ended: reload the page and sign in again. Nothing was sent.";
-    if (response.status === 403) return "Refused by the dashboard (HTTP 403): you may not cancel batches, or the page is too old. Reload it.";
-    if (response.status === 404) return "This batch is not in the dashboard (HTTP 404). Nothing was sent.";
-    return "The dashboard answered HTTP " + response.status + ". Whether the cancel went through is unknown: check the audit page.";
+    return cancelProblem(response, "Whether the cancel went through is unknown: check the audit page.");
   }
 
   document.addEventListener("submit", function (evt) {
@@ -371,12 +378,7 @@ function csrfTokenIn(container) {
     if (confirm) confirm.disabled = n === 0;
   }
 
-  function showProblem(text) {
-    const problem = part("problem");
-    if (!problem) return;
-    problem.textContent = text; // text, never HTML
-    problem.hidden = !text;
-  }
+  function showProblem(text) { showProblemIn(part("problem"), text); }
 
   function fillList(ids) {
     const list = part("list");
@@ -423,9 +425,7 @@ function csrfTokenIn(container) {
   }
 
   function problemFor(response) {
-    if (response.redirected) return "Your session has ended: reload the page and sign in again. Nothing was sent.";
-    if (response.status === 403) return "Refused by the dashboard (HTTP 403): you may not cancel batches, or the page is too old. Reload it.";
-    return "The dashboard answered HTTP " + response.status + ". Check the audit page before trying again.";
+    return cancelProblem(response, "Check the audit page before trying again.");
   }
 
   document.addEventListener("change", function (evt) {

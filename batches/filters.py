@@ -173,6 +173,11 @@ class BatchFilters:
             queryset = queryset.filter(search_q(self.q))
         return queryset
 
+    def shows(self, status: str) -> bool:
+        """Whether the selected tab holds batches of this status (in_tab, for rows in hand)."""
+        statuses = TABS[self.status]
+        return statuses is None or status in statuses
+
     def in_tab(self, queryset: QuerySet[Batch]) -> QuerySet[Batch]:
         statuses = TABS[self.status]
         return queryset if statuses is None else queryset.filter(status__in=statuses)
@@ -275,11 +280,10 @@ def tabs_and_summary_of(
     (a status may come in several rows, e.g. one per model)."""
     counts: dict[str, int] = {}
     summary = Summary()
-    selected = TABS[filters.status]
     for row in rows:
         status = row["status"]
         counts[status] = counts.get(status, 0) + row["n"]
-        if selected is not None and status not in selected:
+        if not filters.shows(status):
             continue
         summary.batches += row["n"]
         summary.by_status[status] = summary.by_status.get(status, 0) + row["n"]

@@ -23,7 +23,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 
 from batches.cancel import unclaimed
 from batches.costs import CostSummary, PriceTable, summarize_usage
-from batches.filters import STATUS_SUMS, TABS, BatchFilters, Summary, Tab, tabs_and_summary_of
+from batches.filters import STATUS_SUMS, BatchFilters, Summary, Tab, tabs_and_summary_of
 from batches.models import CANCELLABLE_STATUSES, Batch, SyncState
 from batches.rows import RowLoader
 
@@ -57,19 +57,18 @@ def totals(
     grouped = filters.matching(queryset).order_by().values("status", "model").annotate(**sums)
     rows: list[dict[str, Any]] = [dict(row) for row in grouped]
     tabs, summary = tabs_and_summary_of(filters, rows)
-    selected = TABS[filters.status]
-    in_tab = [row for row in rows if selected is None or row["status"] in selected]
+    in_tab = [row for row in rows if filters.shows(row["status"])]
     # Per model across the tab's statuses; the estimate is linear in the sums.
     usage: dict[str, dict[str, Any]] = {}
     for row in in_tab:
         if not row["priced_n"]:
             continue
-        sums = usage.setdefault(
+        per_model = usage.setdefault(
             row["model"], {"model": row["model"], "n": 0, "input": 0, "cached": 0, "output": 0}
         )
-        sums["n"] += row["priced_n"]
+        per_model["n"] += row["priced_n"]
         for name in ("input", "cached", "output"):
-            sums[name] += row[name] or 0
+            per_model[name] += row[name] or 0
     cost = summarize_usage(usage.values(), prices.prices)
     count = 0
     if cancellable:

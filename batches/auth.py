@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import functools
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
+from django.contrib import auth
 from django.contrib.auth.backends import ModelBackend as BaseModelBackend
 from django.contrib.auth.backends import RemoteUserBackend as BaseRemoteUserBackend
+from django.contrib.auth.middleware import AuthenticationMiddleware as BaseAuthenticationMiddleware
 from django.contrib.auth.middleware import RemoteUserMiddleware as BaseRemoteUserMiddleware
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
 
 from batches.rows import RowLoader
 
@@ -47,15 +51,51 @@ def can_cancel(user: object) -> bool:
     return bool(getattr(user, "has_perm", None)) and user.has_perm(CANCEL_PERMISSION)  # type: ignore[attr-defined]
 
 
+class AuthenticationMiddleware(BaseAuthenticationMiddleware):
+    """Django's, but while it loads the request's user it offers the backend the user read with
+    the session (batches/sessions.py), so that signing a request in costs one query."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        request.user = SimpleLazyObject(lambda: _get_user(request))  # type: ignore[assignment]
+
+
+def _get_user(request: HttpRequest) -> Any:
+    if not hasattr(request, "_cached_user"):
+        token = _signing_in.set(request.session)
+        try:
+            request._cached_user = auth.get_user(request)  # type: ignore[attr-defined]
+        finally:
+            _signing_in.reset(token)
+    return request._cached_user  # type: ignore[attr-defined]
+
+
+# The session whose user auth.get_user() is loading, set only meanwhile (AuthenticationMiddleware).
+_signing_in: ContextVar[Any] = ContextVar("batches_signing_in", default=None)
+
+
+def prefetched_user(pk: Any) -> Any:
+    """The user read with the session being signed in, if that session names the user `pk`.
+
+    Handed out once: whoever asks again reads the database, as with Django's backend.
+    """
+    session = _signing_in.get()
+    user = getattr(session, "prefetched_user", None)
+    if user is None or user.pk != pk:
+        return None
+    session.prefetched_user = None
+    return user
+
+
 class ModelBackend(BaseModelBackend):
     """Django's ModelBackend with the two lookups every signed-in request makes done cheaply.
 
     Each request loads its user and then its permissions (a view checks `view_batch`, a page
     asks whether to show Cancel). Through the ORM that is three queries whose building costs
-    several times their running; here it is one prepared SELECT of the user (batches/rows.py)
-    and one query for the permissions of the user and of the user's groups together. Nothing is
-    kept across requests, so taking a role away applies at the user's next request, as with
-    Django's own backend.
+    several times their running. Here both come with the session when it was read with them
+    (batches/sessions.py); otherwise the user is one prepared SELECT (batches/rows.py) and the
+    permissions of the user and of its groups one query. Nothing is kept across requests, so
+    taking a role away applies at the user's next request, as with Django's own backend.
     tests/test_auth_backend.py holds both backends to the same answers.
     """
 
@@ -64,7 +104,7 @@ class ModelBackend(BaseModelBackend):
             pk = User._meta.pk.to_python(user_id)
         except ValidationError:  # a session naming no valid key: signed out, as with Django's
             return None
-        user = _USERS.get(pk)
+        user = prefetched_user(pk) or USER_ROWS.get(pk)
         return user if user is not None and self.user_can_authenticate(user) else None
 
     def get_all_permissions(self, user_obj: Any, obj: object = None) -> set[str]:
@@ -79,14 +119,15 @@ class ModelBackend(BaseModelBackend):
         return user_obj._perm_cache
 
 
-_USERS = RowLoader(User, ("id",))
+USER_ROWS = RowLoader(User, ("id",))
 
 
 # Table names come from django.contrib.auth's models (this project's user model is its User),
-# never from input; the user's id is a parameter.
+# never from input; the user's id is a parameter, or the column of a query around this one.
 @functools.cache
-def _permissions_sql() -> str:
-    """The "app_label.codename" of the user's own permissions and of its groups', in one query."""
+def permissions_from(user_id: str) -> str:
+    """FROM and WHERE for the user's own permissions and its groups' (`p`, with `ct` its content
+    type), the user's id being the SQL `user_id`: "%s" or a column such as "s.user_id"."""
     tables = {
         "permission": Permission._meta.db_table,
         "content_type": ContentType._meta.db_table,
@@ -95,12 +136,17 @@ def _permissions_sql() -> str:
         "group_perms": Group.permissions.through._meta.db_table,
     }
     return (  # noqa: S608
-        "SELECT ct.app_label, p.codename FROM {permission} p"
+        " FROM {permission} p"
         " JOIN {content_type} ct ON ct.id = p.content_type_id"
-        " WHERE p.id IN (SELECT permission_id FROM {user_perms} WHERE user_id = %s)"
+        " WHERE p.id IN (SELECT permission_id FROM {user_perms} WHERE user_id = {user_id})"
         " OR p.id IN (SELECT gp.permission_id FROM {group_perms} gp"
-        " JOIN {user_groups} ug ON ug.group_id = gp.group_id WHERE ug.user_id = %s)"
-    ).format(**{name: _quote(table) for name, table in tables.items()})
+        " JOIN {user_groups} ug ON ug.group_id = gp.group_id WHERE ug.user_id = {user_id})"
+    ).format(user_id=user_id, **{name: _quote(table) for name, table in tables.items()})
+
+
+def _permissions_sql() -> str:
+    """The "app_label.codename" of the user's own permissions and of its groups', in one query."""
+    return "SELECT ct.app_label, p.codename" + permissions_from("%s")
 
 
 def _quote(name: str) -> str:

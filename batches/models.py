@@ -8,6 +8,7 @@ import hashlib
 from typing import Any
 
 from django.conf import settings
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.utils import timezone
 
@@ -531,3 +532,24 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return self.model
+
+
+class Session(AbstractBaseSession):
+    """Django's database session, plus the id of its signed-in user (batches/sessions.py).
+
+    The column lets one SELECT read a request's session with its user and permissions, and
+    deleting a user deletes the user's sessions with it.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+
+    class Meta(AbstractBaseSession.Meta):
+        db_table = "batches_session"
+
+    @classmethod
+    def get_session_store_class(cls) -> type[Any]:
+        from batches.sessions import SessionStore
+
+        return SessionStore

@@ -10,6 +10,7 @@ with the fields it leaves out deferred.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, cast
 
 from django.db import connections, models, router
@@ -42,15 +43,20 @@ class RowLoader[M: models.Model]:
         with connection.cursor() as cursor:
             cursor.execute(self._sql_for(connection), params)
             rows = cursor.fetchall()
-        converting = self._converters_for(connection)
-        instances = []
-        for row in rows:
-            values = list(row)
-            for i, col, converters in converting:
-                for convert in converters:
-                    values[i] = convert(values[i], col, connection)
-            instances.append(self.model.from_db(connection.alias, self.attnames, values))
-        return instances
+        return [self.build(connection, row) for row in rows]
+
+    def build(self, connection: Any, row: Sequence[Any]) -> M:
+        """The instance from the values of `columns()`, in their order, as the database gave them."""
+        values = list(row)
+        for i, col, converters in self._converters_for(connection):
+            for convert in converters:
+                values[i] = convert(values[i], col, connection)
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+    def columns(self, connection: Any, alias: str) -> str:
+        """The SELECT list, each column qualified with the table's `alias`, for a query of one's own."""
+        quote = connection.ops.quote_name
+        return ", ".join(f"{alias}.{quote(str(f.column))}" for f in self.fields)
 
     def _converters_for(self, connection: Any) -> list[tuple[int, Any, list[Any]]]:
         """The columns that need converting, with their converters, as the ORM's compiler finds

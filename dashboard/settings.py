@@ -77,7 +77,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "batches.auth.AuthenticationMiddleware",
     "batches.auth.RemoteUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -140,8 +140,9 @@ DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=
 # Local memory by default; Redis when several instances share the work.
 CACHES = {"default": _parse("CACHE_URL", env.cache_url_config, "locmemcache://")}
 
-# Sessions in the database, read through the cache (Redis when shared by several instances).
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions in the database only, each read in one query with its user and permissions; a
+# process-local cache would keep a session alive in other workers after a logout.
+SESSION_ENGINE = "batches.sessions"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

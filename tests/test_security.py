@@ -4,6 +4,7 @@ usual headers, and the API key appears nowhere: not in a page, a log, the databa
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 from types import SimpleNamespace
@@ -12,19 +13,17 @@ from urllib.parse import quote
 
 import pytest
 from django.apps import apps
-from django.contrib.sessions.models import Session
-from django.core.cache import cache
 from django.http import HttpResponse, StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.module_loading import import_string
 
 from batches import audit, sync
 from batches.accounts import Account
 from batches.client import UpstreamClient
-from batches.models import AuditEntry, Batch, SyncState
+from batches.models import AuditEntry, Batch, Session, SyncState
+from batches.sessions import SessionStore
 from tests import conftest as guard
 from tests.conftest import SIM_KEY, csrf_checked_client
 from tests.factories import batch_json, offline_account
@@ -354,17 +353,65 @@ def test_sessions_expire_after_session_cookie_age(bob, settings):
     assert int(client.cookies[settings.SESSION_COOKIE_NAME]["max-age"]) == settings.SESSION_COOKIE_AGE
     assert client.get(LIST_URL).status_code == 200
 
-    # SESSION_COOKIE_AGE later: the row's expiry has passed, and the cached copy (kept for as
-    # long) has gone with it.
+    # SESSION_COOKIE_AGE later: the row's expiry has passed.
     key = client.session.session_key
     assert Session.objects.filter(session_key=key).update(
         expire_date=timezone.now() - dt.timedelta(seconds=1)
     )
-    cache.delete(import_string(f"{settings.SESSION_ENGINE}.SessionStore")(session_key=key).cache_key)
 
     response = client.get(LIST_URL)
     assert response.status_code == 302
     assert response["Location"].startswith(f"{LOGIN_URL}?next=")
+
+
+@pytest.mark.django_db
+def test_a_session_deleted_from_the_database_is_signed_out_at_the_next_request(bob_client):
+    # What a logout handled by another worker, or an admin ending sessions, does: no copy of the
+    # session kept in any cache outlives its row.
+    assert bob_client.get(LIST_URL).status_code == 200
+    Session.objects.filter(session_key=bob_client.session.session_key).delete()
+
+    response = bob_client.get(LIST_URL)
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{LOGIN_URL}?next=")
+
+
+@pytest.mark.django_db
+def test_a_logout_signs_the_session_out_for_every_copy_of_its_cookie(bob_client):
+    stolen = Client()
+    stolen.cookies = copy.deepcopy(bob_client.cookies)
+    assert stolen.get(LIST_URL).status_code == 200
+
+    assert bob_client.post(reverse("logout")).status_code == 302
+    assert stolen.get(LIST_URL).status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_session_whose_data_was_tampered_with_is_signed_out(bob_client):
+    assert bob_client.get(LIST_URL).status_code == 200  # its data decoded (and remembered) once
+    key = bob_client.session.session_key
+    data = Session.objects.get(session_key=key).session_data
+    Session.objects.filter(session_key=key).update(
+        session_data=data[:-4] + ("AAAA" if data[-4:] != "AAAA" else "BBBB")
+    )
+
+    assert bob_client.get(LIST_URL).status_code == 302
+
+
+@pytest.mark.django_db
+def test_each_request_gets_its_own_copy_of_the_session_data(bob_client):
+    key = bob_client.session.session_key
+    first = SessionStore(key)
+    first["seen"] = ["batch_1"]  # changed by one request, not saved
+    assert "seen" not in SessionStore(key).load()
+
+
+@pytest.mark.django_db
+def test_deleting_a_user_deletes_their_sessions(bob_client, bob, alice_client):
+    assert Session.objects.filter(user=bob).count() == 1
+    bob.delete()
+    assert not Session.objects.filter(user_id=bob.pk).exists()
+    assert Session.objects.count() == 1  # alice's
 
 
 # --- Headers and the CSP ------------------------------------------------------------------------

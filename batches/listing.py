@@ -9,17 +9,30 @@ checkboxes and Cancel buttons) and mirror version: `SyncState.mirror_version` of
 bumped by `sync.store_batches` in the transaction that changed the mirror, so a change shows at once
 in every process. LIST_CACHE_SECONDS bounds how stale the relative times ("3 min ago") get.
 Nothing user-specific (name, CSRF token) is inside the results.
+
+The page around them is kept too, per user (`page()`): rendered once with holes where each
+response needs its own parts, the results, the sync banner, the CSRF token and the CSP nonce.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
+from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet, Sum
+from django.http import HttpRequest
+from django.middleware.csp import get_nonce
+from django.middleware.csrf import get_token
+from django.template.loader import render_to_string
+from django.utils.crypto import salted_hmac
+from django.utils.safestring import mark_safe
 
 from batches.cancel import unclaimed
 from batches.costs import CostSummary, PriceTable, summarize_usage
@@ -115,3 +128,54 @@ def results_key(
         settings.POLL_INTERVAL,
     )
     return CACHE_PREFIX + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+# --- the page around the results ------------------------------------------------------------------
+# Rendered once per user and kept with holes where each response needs its own: the CSRF token,
+# the CSP nonce, the sync banner (fresh relative times) and the results (cached apart, per filters).
+# The markers are derived from SECRET_KEY: the same in every process sharing the cache, and not
+# something text from the upstream could contain.
+
+
+@functools.cache
+def _marker(name: str) -> str:
+    return f"batches-{name}-{salted_hmac('batches.listing.page', name, algorithm='sha256').hexdigest()[:32]}"
+
+
+PAGE_PREFIX = "batches:list-page:"
+
+
+def page(request: HttpRequest, results: str, banner: str) -> str:
+    """The whole list page: the cached page of this user, holes filled, or rendered in full.
+
+    Rendered in full (and not kept) while the request has messages to show: showing them uses
+    them up. The key holds everything the page around the results shows of the user.
+    """
+    if settings.LIST_CACHE_SECONDS <= 0 or len(messages.get_messages(request)):
+        return render_to_string(LIST_TEMPLATE, {"results": results, "banner": banner}, request)
+    user = request.user
+    shown = (user.pk, user.get_username(), user.is_staff, sorted(user.get_all_permissions()))  # type: ignore[union-attr]
+    key = PAGE_PREFIX + hashlib.blake2b(repr(shown).encode(), digest_size=16).hexdigest()
+    cached = cache.get(key)
+    if cached is None:
+        holes = {name: mark_safe(_marker(name)) for name in HOLES}  # noqa: S308
+        cached = render_to_string(LIST_TEMPLATE, holes, request)
+        cache.set(key, cached, settings.LIST_CACHE_SECONDS)
+    fills = {
+        _marker("results"): results,
+        _marker("banner"): banner,
+        # Each response's own token and nonce (the CSP header then carries this nonce).
+        _marker("csrf_token"): get_token(request),
+        _marker("csp_nonce"): str(get_nonce(request)),
+    }
+    # One pass over the page: what goes in is never searched for markers itself.
+    return _holes().sub(lambda found: fills[found.group(0)], cached)
+
+
+@functools.cache
+def _holes() -> re.Pattern[str]:
+    return re.compile("|".join(_marker(name) for name in HOLES))
+
+
+HOLES = ("results", "banner", "csrf_token", "csp_nonce")
+LIST_TEMPLATE = "batches/list.html"

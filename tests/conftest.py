@@ -23,11 +23,14 @@ SIM_KEY = "sk-sim-local"
 @pytest.fixture(autouse=True)
 def forget_process_state() -> None:
     """What would outlive the rows a test rolls back: the per-process "mirror fresh until"
-    shortcut, and the cache (claims such as `batches:refresh:<pk>` name primary keys that the
+    shortcut and sync banners, and the cache (claims such as `batches:refresh:<pk>` name primary keys that the
     next test may reuse)."""
     from django.core.cache import cache
 
+    from batches.views import monitor
+
     sync._fresh_until.clear()
+    monitor._banners.clear()
     cache.clear()
 
 

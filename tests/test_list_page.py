@@ -572,3 +572,118 @@ def test_store_batches_bumps_the_mirror_version_only_when_a_row_changes():
     assert not SyncState.objects.filter(account="eu").exists()  # per account, and never made here
     store_batches("sim", [])
     assert version() == 3
+
+
+# --- the cached page around the results (listing.page) -------------------------------------------
+
+
+def own_parts(page: str) -> tuple[list[str], list[str]]:
+    """The CSRF tokens and CSP nonces a page carries: each response's own."""
+    return re.findall(r'(?:"X-CSRFToken": "|name="csrfmiddlewaretoken" value=")([^"]+)"', page), re.findall(
+        r'nonce="([^"]+)"', page
+    )
+
+
+def without_own_parts(page: str) -> str:
+    tokens, nonces = own_parts(page)
+    for value in {*tokens, *nonces}:
+        page = page.replace(value, "…")
+    return page
+
+
+@pytest.mark.django_db
+def test_the_cached_page_is_the_page_rendered_in_full(alice_client, settings, cached_list):
+    store_batches("sim", [batch_json("in_progress"), batch_json("failed")])
+    SyncState.objects.filter(account="eu").update(
+        last_error={"title": "Sync failed", "message": "<b>down</b>"}
+    )
+    settings.LIST_CACHE_SECONDS = 0
+    full = get(alice_client, status="failed")
+    settings.LIST_CACHE_SECONDS = 15
+    get(alice_client, status="failed")  # renders the page around the results and keeps it
+    cached = get(alice_client, status="failed")
+
+    assert without_own_parts(cached) == without_own_parts(full)
+    assert "alice · operator" in cached and "&lt;b&gt;down&lt;/b&gt;" in cached
+    assert "batches-" not in cached  # no hole left unfilled
+
+
+@pytest.mark.django_db
+def test_each_response_has_its_own_csrf_token_and_nonce_the_csp_header_names(alice_client, cached_list):
+    responses = [alice_client.get(URL) for _ in range(3)]
+    seen_nonces = set()
+    for response in responses:
+        tokens, nonces = own_parts(response.content.decode())
+        assert len(tokens) == 4 and len(set(tokens)) == 1  # hx-headers, logout, the two dialogs
+        assert len(set(nonces)) == 1 and f"'nonce-{nonces[0]}'" in response["Content-Security-Policy"]
+        seen_nonces.add(nonces[0])
+    assert len(seen_nonces) == 3
+    # A token from the kept page works: htmx posts it in the X-CSRFToken header.
+    tokens, _ = own_parts(responses[-1].content.decode())
+    assert _csrf_accepts(alice_client, tokens[0])
+
+
+def _csrf_accepts(client, token: str) -> bool:  # type: ignore[no-untyped-def]
+    from django.test import Client
+
+    checked = Client(enforce_csrf_checks=True)
+    checked.cookies = client.cookies
+    # Logging out is a POST any signed-in user may make: 302 with a good token, 403 without.
+    return checked.post(reverse("logout"), headers={"X-CSRFToken": token}).status_code == 302
+
+
+@pytest.mark.django_db
+def test_the_kept_page_is_each_users_own(alice_client, bob_client, cached_list):
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    dave = User.objects.create_user("dave", "dave@example.com", "dave-password-1")
+    dave.groups.add(Group.objects.get(name="Viewers"))  # the same role as bob's
+    dave_client = Client()
+    dave_client.force_login(dave)
+
+    assert "bob · viewer" in get(bob_client)
+    page = get(dave_client)
+    assert "dave · viewer" in page and "bob" not in page
+    page = get(alice_client)
+    assert "alice · operator" in page and "bob" not in page
+    assert "bob · viewer" in get(bob_client)
+
+
+@pytest.mark.django_db
+def test_a_role_given_shows_on_the_next_page(bob_client, bob, cached_list):
+    from django.contrib.auth.models import Group
+
+    assert "bob · viewer" in get(bob_client)
+    bob.groups.add(Group.objects.get(name="Operators"))
+    assert "bob · operator" in get(bob_client)
+
+
+@pytest.mark.django_db
+def test_messages_show_once_on_a_kept_page(bob_client, cached_list):
+    from django.contrib.messages import constants
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    get(bob_client)  # the page is kept
+    # A message waiting in the cookie, as a no-JavaScript cancel leaves one before its redirect.
+    request = RequestFactory().get(URL)
+    storage = CookieStorage(request)
+    storage.add(constants.SUCCESS, "Cancel accepted: <done>.")
+    response = HttpResponse()
+    storage.update(response)
+    bob_client.cookies["messages"] = response.cookies["messages"].value
+
+    assert "Cancel accepted: &lt;done&gt;." in get(bob_client)
+    assert "Cancel accepted" not in get(bob_client)
+
+
+@pytest.mark.django_db
+def test_the_banner_shows_a_failed_sync_at_the_next_view(bob_client, cached_list):
+    assert "upstream down" not in get(bob_client)
+    # Within the same second: the banner is kept per second only for the same states.
+    SyncState.objects.filter(account="sim").update(
+        last_error={"title": "Sync failed", "message": "upstream down"}
+    )
+    assert "upstream down" in get(bob_client)

@@ -315,8 +315,9 @@ def test_an_unchanged_poll_reads_only_what_its_version_is_made_of(
 
     for url in fragment_urls(obj):
         bob_client.get(url, {"v": version}, headers=HX)  # reads the mirror's freshness, once
-        # The user, the user's permissions, the batch's versioned fields: no SyncState, no render.
-        with django_assert_num_queries(3) as queries:
+        # The session with its user and permissions, the batch's versioned fields: no SyncState,
+        # no render.
+        with django_assert_num_queries(2) as queries:
             assert bob_client.get(url, {"v": version}, headers=HX).status_code == 204
         batch_sql = queries.captured_queries[-1]["sql"]
         assert "request_completed" in batch_sql

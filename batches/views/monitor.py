@@ -72,6 +72,27 @@ def sync_status(account_names: list[str], states: Mapping[str, SyncState] | None
     return [AccountSync(name, states.get(name)) for name in account_names]
 
 
+# The list's sync banner by what it shows: the accounts' states and the second its relative times
+# count from. Viewers who keep the page open ask for it many times a second; it changes less often.
+_banners: dict[tuple[int, str], str] = {}
+
+
+def list_banner(accounts: list[str], states: Mapping[str, SyncState]) -> str:
+    values = [(name, [getattr(states.get(name), f.attname, None) for f in SYNC_FIELDS]) for name in accounts]
+    shown = (int(timezone.now().timestamp()), repr(values))
+    banner = _banners.get(shown)
+    if banner is None:
+        context = {"sync_accounts": sync_status(accounts, states)}
+        banner = render_to_string("batches/_sync_status.html", context)
+        if len(_banners) >= 8:  # earlier seconds' are of no more use
+            _banners.clear()
+        _banners[shown] = banner
+    return banner
+
+
+SYNC_FIELDS = SyncState._meta.concrete_fields
+
+
 # --- the list ---------------------------------------------------------------------------------
 
 
@@ -96,8 +117,7 @@ def batch_list(request: HtmxHttpRequest) -> HttpResponse:
     # Tabs, pager and filter form swap only the results; a history restore needs the whole page.
     if request.htmx and not request.htmx.history_restore_request:
         return HttpResponse(results)
-    page = {"results": mark_safe(results), "sync_accounts": sync_status(accounts, states)}  # noqa: S308
-    return render(request, "batches/list.html", page)
+    return HttpResponse(listing.page(request, mark_safe(results), list_banner(accounts, states)))  # noqa: S308
 
 
 def _results_context(

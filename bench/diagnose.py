@@ -134,15 +134,16 @@ def _list_ratio(results: Results) -> str:
         + (f" ({lookups:,.0f} variable lookups per view)" if lookups else "")
         + ". Already done: the tab counts, the summary and the cost totals come from one aggregate; the "
         "rendered results block is cached per filters, role and each account's mirror version (bumped by "
-        "`store_batches`); and a signed-in request loads its user with one prepared SELECT and its "
-        "permissions with one query (`batches.auth.ModelBackend`). So between two changes of the mirror "
-        "a view runs three queries: the user, the permissions and the accounts' SyncState rows. "
+        "`store_batches`); the page around it is kept per user with holes for the results, the sync "
+        "banner (rendered at most once a second), the CSRF token and the CSP nonce (`listing.page`); "
+        "and a signed-in request reads its session, user and permissions in one query "
+        "(`batches.sessions`). So between two changes of the mirror a view runs two queries: the "
+        "session with its user and permissions, and the accounts' SyncState rows. "
         + _signed_in_share(results, "list")
-        + "What remains beyond that is the page shell rendered around the cached block (base template, "
-        "banners, dialogs, with the request's CSP nonce and CSRF token), which the trivial view does not "
-        "render. Getting to 2x would take caching the rendered page per user and patching each request's "
-        "nonce and token into it, or keeping users and their permissions across requests, which would "
-        "delay the effect of taking a role away; this project does neither."
+        + "What remains is Django's request machinery, the session's signature check and the CSRF "
+        "token's masking (both per request), filling the holes, and sending 66 KB. Going further would "
+        "take keeping users and their permissions across requests, which would delay the effect of "
+        "taking a role away: a trade this project does not make."
     )
     return text
 
@@ -154,8 +155,9 @@ def _signed_in_share(results: Results, kind: str) -> str:
         return ""
     floor, signed_in, page = s["ping"].median, s["signed-in ping"].median, s[kind].median
     return (
-        f"The trivial view behind the same sign-in check (`/bench/ping-signed-in`: the session, the user, "
-        f"the permissions) takes {_ms(signed_in)}, {signed_in / floor:.2f}x the floor by itself; the "
+        "The trivial view behind the same sign-in check (`/bench/ping-signed-in`: the session with the "
+        f"user and the permissions) takes {_ms(signed_in)}, {signed_in / floor:.2f}x the floor by itself; "
+        "the "
         f"{kind} adds {_ms(page - signed_in)} to that ({(page - signed_in) / floor:.2f}x). "
     )
 
@@ -165,8 +167,8 @@ def _fragment_ratio(results: Results) -> str:
     pages = _largest_query_run(results)
     text = (
         "The benchmark polls as htmx does, with the version of the fragment shown, so most polls find the "
-        "batch unchanged and get 204. Such a poll runs three queries: the user (one prepared SELECT), the "
-        "user's permissions (one query for the user's and the groups'), and the batch's versioned fields "
+        "batch unchanged and get 204. Such a poll runs two queries: the session with its user and the "
+        "user's permissions (`batches.sessions`, one SELECT), and the batch's versioned fields "
         "(`Batch.objects.lookup`, a prepared SELECT of a dozen columns); the mirror's freshness is known "
         "in each worker until it may have gone stale, so SyncState is not read. No context is built and "
         "nothing is rendered. "
@@ -180,8 +182,9 @@ def _fragment_ratio(results: Results) -> str:
         text += f"A full render (after a change) runs these: {_query_kinds(pages['live fragment']['sql'])}. "
     text += _signed_in_share(results, "fragment")
     text += (
-        "What separates the poll from the floor is mostly the sign-in every page needs, and Django's "
-        "request machinery around it. Getting to 1.3x would take keeping users and their permissions "
+        "What separates the poll from the floor is that sign-in, which every page needs, then the "
+        "poll's own lookup and Django's request machinery around it (URL resolving, the view's "
+        "decorators). Getting to 1.3x would take keeping users and their permissions "
         "across requests (or answering polls without checking who asks), which would delay the effect "
         "of taking a role away or revoking a session: a trade this project does not make."
     )
@@ -352,6 +355,8 @@ QUERY_KINDS = (
 
 
 def _query_kind(sql: str) -> str:
+    if '"batches_session"' in sql:
+        return "the session with its user and permissions"  # batches.sessions' one query
     if "auth_user_user_permissions" in sql and '"auth_group' in sql:
         return "the permissions (the user's and the groups')"  # batches.auth.ModelBackend's one query
     known = next((label for needle, label in QUERY_KINDS if needle in sql), None)

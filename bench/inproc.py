@@ -134,7 +134,7 @@ def _count(client: Any, path: str, htmx: bool) -> dict[str, Any]:
     from django.test.utils import CaptureQueriesContext
 
     headers = {"HX-Request": "true"} if htmx else {}
-    client.get(path, headers=headers)  # warm: the session and the filter menus are cached after one view
+    client.get(path, headers=headers)  # warm: the filter menus and the list page are cached after one view
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(path, headers=headers)
     return {

@@ -430,7 +430,8 @@ def _queries_section(results: Results) -> str:
         [
             "## 3. Queries per page",
             "In-process, Django's test client and `CaptureQueriesContext`, as a signed-in viewer, after one "
-            "warm-up view of each page (the session and the filter menus come from the cache after that). "
+            "warm-up view of each page (the filter menus and the list page around its results come from "
+            "the cache after that). "
             "Each database holds N mirrored batches (stored by `batches.sync.store_batches` from a simulator "
             f"of N) and N audit entries; the detail page's batch has audit entries. Database: {database}.",
             table(["Page", "URL", *[f"{n:,} rows" for n in sizes], "Equal"], rows),

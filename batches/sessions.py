@@ -7,7 +7,8 @@ caches of the others. So sessions live only in the database (SESSION_ENGINE = "b
 each row records its user's id (batches.models.Session), and loading a session selects the user
 row and the names of its permissions with it. Django's own get_user() then checks the user as
 always (the session hash, is_active), through batches.auth.ModelBackend, which takes the user
-from here when it is the one the session names. Nothing is kept beyond the request.
+from here when it is the one the session names. The row, the user and the permissions are read
+at every request; only the decoding of session data already seen is remembered (`decode`).
 """
 
 from __future__ import annotations

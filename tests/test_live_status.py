@@ -268,9 +268,17 @@ def test_a_cancelling_row_shows_cancelled_at_the_first_poll_after_the_upstream_d
     assert simulator.stats() == {"GET /batches/{id}": 2}
 
 
+@pytest.fixture
+def steady_clock(monkeypatch):  # type: ignore[no-untyped-def]
+    """Poll versions carry a 30 s time bucket (POLL_VERSION_SECONDS): a test that reads a version
+    and then polls with it must not cross into the next bucket in between."""
+    now = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: now)
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("status", ACTIVE)
-def test_a_poll_that_already_shows_the_current_state_gets_204_and_no_body(bob_client, status):
+def test_a_poll_that_already_shows_the_current_state_gets_204_and_no_body(bob_client, status, steady_clock):
     obj = batch_json(status, total=100, completed=10)
     store_batches("sim", [obj])
     version = Batch.objects.get(batch_id=obj["id"]).poll_version()
@@ -305,7 +313,7 @@ HX = {"HX-Request": "true"}
 
 @pytest.mark.django_db
 def test_an_unchanged_poll_reads_only_what_its_version_is_made_of(
-    bob_client, settings, django_assert_num_queries
+    bob_client, settings, django_assert_num_queries, steady_clock
 ):
     settings.SYNC_ON_DEMAND = True
     obj = batch_json("in_progress", total=100, completed=10, metadata={"owner": "ana"})

@@ -1,8 +1,10 @@
-"""`manage.py sync_batches`: one round fills the mirror and reports per account; bad arguments and
-an empty configuration are clear errors; the loop stops cleanly on SIGTERM."""
+"""`manage.py sync_batches`: one round fills the mirror and reports per account, and deletes
+expired sessions; bad arguments and an empty configuration are clear errors; the loop stops cleanly
+on SIGTERM."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import sqlite3
 import time
@@ -11,9 +13,10 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from batches.accounts import Account
-from batches.models import Batch, SyncState
+from batches.models import Batch, Session, SyncState
 from tests.conftest import SIM_KEY, child_env, sqlite_url, start_manage, stop_process
 
 
@@ -111,3 +114,16 @@ def test_the_loop_stops_cleanly_on_sigterm(start_child_simulator, child_db):
         assert conn.execute("SELECT COUNT(*) FROM batches_batch").fetchone()[0] == 50
         # The lease is released on the way out: the next worker need not wait for it.
         assert conn.execute("SELECT running_since FROM batches_syncstate").fetchone()[0] is None
+
+
+@pytest.mark.django_db
+def test_a_round_deletes_expired_sessions_and_keeps_the_others(sim_account, simulator, bob_client):
+    expired = Session.objects.create(
+        session_key="x" * 32, session_data="", expire_date=timezone.now() - dt.timedelta(seconds=1)
+    )
+    live = bob_client.session.session_key
+
+    run("--once")
+
+    assert not Session.objects.filter(pk=expired.pk).exists()
+    assert Session.objects.filter(pk=live).exists()

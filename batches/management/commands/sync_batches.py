@@ -3,23 +3,31 @@
 A loop in the style of healthchecks' `sendalerts`: each round runs one cycle per account that is
 due (not backing off, not being refreshed by another process right now), then sleeps. SIGTERM or
 SIGINT stops it between two upstream requests; what was stored stays, and a first import that
-was cut short resumes from its saved cursor on the next run.
+was cut short resumes from its saved cursor on the next run. Once an hour it also deletes expired
+sessions (what `manage.py clearsessions` does), so that table does not grow without end.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
+from django.db import DatabaseError
 
 from batches.accounts import get_accounts
 from batches.management.loop import LoopCommand
+from batches.sessions import SessionStore
 from batches.sync import sync_account
 from batches.webhooks import deliver_due_safely
 
 # After each round, due webhook deliveries are sent for at most this long (plus one send's timeouts).
 WEBHOOK_SECONDS_PER_ROUND = 10.0
+SESSION_CLEANUP_SECONDS = 3600
+
+log = logging.getLogger("batches.sync")
 
 
 class Command(LoopCommand):
@@ -46,7 +54,11 @@ class Command(LoopCommand):
         self.stop_on_signals()
 
         self.stdout.write(f"sync_batches: {len(accounts)} account(s), every {interval:g} s")
+        next_cleanup = 0.0
         while not self.stop_requested:
+            if time.monotonic() >= next_cleanup:
+                clear_expired_sessions()
+                next_cleanup = time.monotonic() + SESSION_CLEANUP_SECONDS
             for account in accounts.values():
                 if self.stop_requested:
                     break
@@ -62,3 +74,11 @@ class Command(LoopCommand):
                 break
             self.sleep(interval)
         self.stdout.write("sync_batches: stopped")
+
+
+def clear_expired_sessions() -> None:
+    """One DELETE on the expiry index; any number of workers may run it."""
+    try:
+        SessionStore.clear_expired()
+    except DatabaseError:  # the next round's sync reports an unreachable database; try in an hour
+        log.exception("could not delete expired sessions")

@@ -100,9 +100,8 @@ class ModelBackend(BaseModelBackend):
     """
 
     def get_user(self, user_id: Any) -> Any:
-        try:
-            pk = User._meta.pk.to_python(user_id)
-        except ValidationError:  # a session naming no valid key: signed out, as with Django's
+        pk = user_pk(user_id)
+        if pk is None:  # a session naming no valid key: signed out, as with Django's
             return None
         user = prefetched_user(pk) or USER_ROWS.get(pk)
         return user if user is not None and self.user_can_authenticate(user) else None
@@ -120,6 +119,16 @@ class ModelBackend(BaseModelBackend):
 
 
 USER_ROWS = RowLoader(User, ("id",))
+
+
+def user_pk(value: Any) -> Any:
+    """The user's primary key from what a session holds (a string), or None if it names none."""
+    if value is None:
+        return None
+    try:
+        return User._meta.pk.to_python(value)
+    except ValidationError:
+        return None
 
 
 # Table names come from django.contrib.auth's models (this project's user model is its User),

@@ -127,7 +127,12 @@ def results_key(
         prices.digest,
         settings.POLL_INTERVAL,
     )
-    return CACHE_PREFIX + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+    return _key(CACHE_PREFIX, parts)
+
+
+def _key(prefix: str, parts: tuple[Any, ...]) -> str:
+    """A cache key for what depends on `parts` (values whose repr is stable)."""
+    return prefix + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
 # --- the page around the results ------------------------------------------------------------------
@@ -155,7 +160,7 @@ def page(request: HttpRequest, results: str, banner: str) -> str:
         return render_to_string(LIST_TEMPLATE, {"results": results, "banner": banner}, request)
     user = request.user
     shown = (user.pk, user.get_username(), user.is_staff, sorted(user.get_all_permissions()))  # type: ignore[union-attr]
-    key = PAGE_PREFIX + hashlib.blake2b(repr(shown).encode(), digest_size=16).hexdigest()
+    key = _key(PAGE_PREFIX, shown)
     cached = cache.get(key)
     if cached is None:
         holes = {name: mark_safe(_marker(name)) for name in HOLES}  # noqa: S308

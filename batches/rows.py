@@ -53,10 +53,12 @@ class RowLoader[M: models.Model]:
                 values[i] = convert(values[i], col, connection)
         return self.model.from_db(connection.alias, self.attnames, values)
 
-    def columns(self, connection: Any, alias: str) -> str:
-        """The SELECT list, each column qualified with the table's `alias`, for a query of one's own."""
+    def columns(self, connection: Any, alias: str = "") -> str:
+        """The SELECT list, each column qualified with the table's `alias` if given (for a query of
+        one's own that joins the table)."""
         quote = connection.ops.quote_name
-        return ", ".join(f"{alias}.{quote(str(f.column))}" for f in self.fields)
+        prefix = f"{alias}." if alias else ""
+        return ", ".join(prefix + quote(str(f.column)) for f in self.fields)
 
     def _converters_for(self, connection: Any) -> list[tuple[int, Any, list[Any]]]:
         """The columns that need converting, with their converters, as the ORM's compiler finds
@@ -75,10 +77,9 @@ class RowLoader[M: models.Model]:
     def _sql_for(self, connection: Any) -> str:
         if connection.vendor not in self._sql:
             quote = connection.ops.quote_name
-            columns = ", ".join(quote(str(f.column)) for f in self.fields)
             where = " AND ".join(f"{quote(column)} = %s" for column in self.key_columns)
             table = quote(self.model._meta.db_table)
             # Names from the model's metadata, never from input; the values are parameters.
-            sql = f"SELECT {columns} FROM {table}"  # noqa: S608
+            sql = f"SELECT {self.columns(connection)} FROM {table}"  # noqa: S608
             self._sql[connection.vendor] = f"{sql} WHERE {where}" if where else sql
         return self._sql[connection.vendor]

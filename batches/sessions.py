@@ -21,11 +21,10 @@ from typing import Any, cast
 from django.contrib.auth import SESSION_KEY
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore as DBStore
-from django.core.exceptions import ValidationError
 from django.db import connections, models, router
 from django.utils import timezone
 
-from batches.auth import USER_ROWS, permissions_from
+from batches.auth import USER_ROWS, permissions_from, user_pk
 from batches.models import Session
 
 # Session data already decoded, by its encoded form: a process holds a few per signed-in user.
@@ -47,7 +46,7 @@ class SessionStore(DBStore):
 
     def create_model_instance(self, data: dict[str, Any]) -> Session:
         session = cast(Session, super().create_model_instance(data))
-        session.user_id = _user_pk(data.get(SESSION_KEY))
+        session.user_id = user_pk(data.get(SESSION_KEY))
         return session
 
     def load(self) -> dict[str, Any]:
@@ -88,15 +87,6 @@ class SessionStore(DBStore):
                 _DECODED.clear()
             _DECODED[session_data] = decoded
         return copy.deepcopy(decoded)
-
-
-def _user_pk(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        return User._meta.pk.to_python(value)
-    except ValidationError:
-        return None
 
 
 # Names from the models' metadata, never from input; the key and the time are parameters.

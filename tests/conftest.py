@@ -65,7 +65,7 @@ def csrf_checked_client(user: User) -> Client:
     return client
 
 
-def _client(user: User) -> Client:
+def signed_in_client(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
@@ -73,17 +73,17 @@ def _client(user: User) -> Client:
 
 @pytest.fixture
 def alice_client(alice: User) -> Client:
-    return _client(alice)
+    return signed_in_client(alice)
 
 
 @pytest.fixture
 def bob_client(bob: User) -> Client:
-    return _client(bob)
+    return signed_in_client(bob)
 
 
 @pytest.fixture
 def charlie_client(charlie: User) -> Client:
-    return _client(charlie)
+    return signed_in_client(charlie)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from django.urls import reverse
 from batches.auth import CANCEL_PERMISSION, VIEW_PERMISSION, ModelBackend
 from batches.models import Session
 from batches.sessions import SessionStore
+from tests.conftest import signed_in_client
 
 pytestmark = pytest.mark.django_db
 
@@ -120,9 +121,7 @@ def test_the_user_read_with_the_session_is_the_user_djangos_backend_loads(alice,
     dave.groups.add(Group.objects.get(name="Viewers"))
     admin = User.objects.create_superuser("root", "root@example.com", "root-password-1")
     for user in (alice, bob, charlie, dave, admin):
-        client = Client()
-        client.force_login(user)
-        store = SessionStore(client.session.session_key)
+        store = SessionStore(signed_in_client(user).session.session_key)
         store.load()
         read = store.prefetched_user
         expected = _fresh(user)

@@ -75,6 +75,7 @@ def sync_status(account_names: list[str], states: Mapping[str, SyncState] | None
 # The list's sync banner by what it shows: the accounts' states and the second its relative times
 # count from. Viewers who keep the page open ask for it many times a second; it changes less often.
 _banners: dict[tuple[int, str], str] = {}
+SYNC_FIELDS = SyncState._meta.concrete_fields
 
 
 def list_banner(accounts: list[str], states: Mapping[str, SyncState]) -> str:
@@ -88,9 +89,6 @@ def list_banner(accounts: list[str], states: Mapping[str, SyncState]) -> str:
             _banners.clear()
         _banners[shown] = banner
     return banner
-
-
-SYNC_FIELDS = SyncState._meta.concrete_fields
 
 
 # --- the list ---------------------------------------------------------------------------------

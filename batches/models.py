@@ -48,6 +48,37 @@ class BatchManager(models.Manager["Batch"]):
         """
         return _loader(only, defer).get(account, batch_id)
 
+    def poll_state(self, account: str, batch_id: str) -> tuple[str, str] | None:
+        """(status, poll version) of one batch, or None: what an unchanged poll needs, read
+        without building the instance."""
+        values = _loader(POLL_VERSION_READS, ()).values(account, batch_id)
+        if values is None:
+            return None
+        return values["status"], poll_version(account, batch_id, [values[name] for name in POLL_FIELDS])
+
+
+# What Batch.objects.poll_state() reads.
+POLL_VERSION_READS = ("account", "batch_id", *POLL_FIELDS)
+
+
+def poll_version(account: str, batch_id: str, shown: list[Any], now: dt.datetime | None = None) -> str:
+    """The version of what a batch's polled fragments show, from the values of its POLL_FIELDS.
+
+    A poll sends the version of the fragment it has; while nothing changed it gets 204 No Content:
+    no rendering, no bytes. The time bucket makes relative times and the stuck flag move on at
+    least every POLL_VERSION_SECONDS, and ends each version's life. The digest is keyed with the
+    SECRET_KEY, so a version is one this server gave out with a fragment; that is what lets an
+    unchanged poll be answered before the request is signed in (views.monitor.unchanged_poll).
+    """
+    bucket = int((now or timezone.now()).timestamp() // POLL_VERSION_SECONDS)
+    message = repr((account, batch_id, *shown, bucket)).encode()
+    return hashlib.blake2b(message, key=_poll_key(settings.SECRET_KEY), digest_size=8).hexdigest()
+
+
+@functools.cache
+def _poll_key(secret: str) -> bytes:
+    return hashlib.blake2b(secret.encode(), person=b"poll-version").digest()
+
 
 @functools.cache
 def _loader(only: tuple[str, ...], defer: tuple[str, ...]) -> RowLoader[Batch]:
@@ -175,12 +206,8 @@ class Batch(models.Model):
         return max(dt.timedelta(0), self.expires_at - (now or timezone.now()))
 
     def poll_version(self, now: dt.datetime | None = None) -> str:
-        """A digest of what a polled fragment shows. A poll that sends the version it has gets
-        204 No Content while nothing changed: no rendering, no bytes. The time bucket makes
-        relative times and the stuck flag move on at least every POLL_VERSION_SECONDS."""
-        now = now or timezone.now()
-        shown = (*(getattr(self, name) for name in POLL_FIELDS), int(now.timestamp() // POLL_VERSION_SECONDS))
-        return hashlib.blake2b(repr(shown).encode(), digest_size=8).hexdigest()
+        """The version of what this batch's polled fragments show (see `poll_version()`)."""
+        return poll_version(self.account, self.batch_id, [getattr(self, name) for name in POLL_FIELDS], now)
 
     def get_stuck_reason(self, now: dt.datetime | None = None) -> str:
         """Why an active batch looks hung, or "" when it does not."""

@@ -45,13 +45,25 @@ class RowLoader[M: models.Model]:
             rows = cursor.fetchall()
         return [self.build(connection, row) for row in rows]
 
+    def values(self, *params: Any) -> dict[str, Any] | None:
+        """The first row whose key has these values as {attname: value}, or None: what the
+        instance's attributes would hold, without building the instance."""
+        connection = connections[router.db_for_read(self.model)]
+        with connection.cursor() as cursor:
+            cursor.execute(self._sql_for(connection), params)
+            row = cursor.fetchone()
+        return None if row is None else dict(zip(self.attnames, self._convert(connection, row), strict=True))
+
     def build(self, connection: Any, row: Sequence[Any]) -> M:
         """The instance from the values of `columns()`, in their order, as the database gave them."""
+        return self.model.from_db(connection.alias, self.attnames, self._convert(connection, row))
+
+    def _convert(self, connection: Any, row: Sequence[Any]) -> list[Any]:
         values = list(row)
         for i, col, converters in self._converters_for(connection):
             for convert in converters:
                 values[i] = convert(values[i], col, connection)
-        return self.model.from_db(connection.alias, self.attnames, values)
+        return values
 
     def columns(self, connection: Any, alias: str = "") -> str:
         """The SELECT list, each column qualified with the table's `alias` if given (for a query of

@@ -167,26 +167,25 @@ def _fragment_ratio(results: Results) -> str:
     pages = _largest_query_run(results)
     text = (
         "The benchmark polls as htmx does, with the version of the fragment shown, so most polls find the "
-        "batch unchanged and get 204. Such a poll runs two queries: the session with its user and the "
-        "user's permissions (`batches.sessions`, one SELECT), and the batch's versioned fields "
-        "(`Batch.objects.lookup`, a prepared SELECT of a dozen columns); the mirror's freshness is known "
-        "in each worker until it may have gone stale, so SyncState is not read. No context is built and "
-        "nothing is rendered. "
+        "batch unchanged and get 204. Such a poll is answered before the request is signed in "
+        "(`views.monitor.unchanged_poll`: the version is keyed with the SECRET_KEY and lasts one 30 s "
+        "bucket, and a 204 shows nothing), after one query: the batch's versioned fields "
+        "(`Batch.objects.poll_state`, a prepared SELECT of a dozen columns, no instance built); the "
+        "mirror's freshness is known in each worker until it may have gone stale, so SyncState is not "
+        "read. No context is built and nothing is rendered. "
     )
     if p:
         text += (
             f"In-process such a poll takes {_ms(p['median_seconds'])} (median), its {len(p['queries'])} "
-            f"queries {_ms(sum(q['seconds'] for q in p['queries']))} together. "
+            f"quer{'y' if len(p['queries']) == 1 else 'ies'} {_ms(sum(q['seconds'] for q in p['queries']))}. "
         )
     if pages:
         text += f"A full render (after a change) runs these: {_query_kinds(pages['live fragment']['sql'])}. "
-    text += _signed_in_share(results, "fragment")
     text += (
-        "What separates the poll from the floor is that sign-in, which every page needs, then the "
-        "poll's own lookup and Django's request machinery around it (URL resolving, the view's "
-        "decorators). Getting to 1.3x would take keeping users and their permissions "
-        "across requests (or answering polls without checking who asks), which would delay the effect "
-        "of taking a role away or revoking a session: a trade this project does not make."
+        "What separates such a poll from the floor is that lookup and Django's request machinery around "
+        "it (URL resolving, the view's decorators). Suggested fix: compare the profile with the floor's "
+        "and look for what grew; a poll that signs the request in again (a `cancelling` batch, or a "
+        "version not current) costs the signed-in ping's share on top."
     )
     return text
 

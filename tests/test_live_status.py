@@ -4,20 +4,21 @@ and the stale-mirror banner with the upstream's own words."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
 import time
 
 import pytest
 from django.core.cache import cache
 from django.template.loader import render_to_string
-from django.test import RequestFactory
+from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import strip_tags
 
 from batches import sync
 from batches.accounts import Account
-from batches.models import Batch, SyncState
+from batches.models import POLL_FIELDS, POLL_VERSION_SECONDS, Batch, SyncState
 from batches.sync import run_cycle, store_batches
 from batches.views.monitor import live_context, row_context
 from tests.factories import batch_json, offline_account
@@ -323,13 +324,95 @@ def test_an_unchanged_poll_reads_only_what_its_version_is_made_of(
 
     for url in fragment_urls(obj):
         bob_client.get(url, {"v": version}, headers=HX)  # reads the mirror's freshness, once
-        # The session with its user and permissions, the batch's versioned fields: no SyncState,
-        # no render.
-        with django_assert_num_queries(2) as queries:
+        # The batch's versioned fields only: no session, user or permissions (unchanged_poll),
+        # no SyncState, no render.
+        with django_assert_num_queries(1) as queries:
             assert bob_client.get(url, {"v": version}, headers=HX).status_code == 204
-        batch_sql = queries.captured_queries[-1]["sql"]
+        batch_sql = queries.captured_queries[0]["sql"]
         assert "request_completed" in batch_sql
         assert "metadata" not in batch_sql and '"raw"' not in batch_sql
+
+
+@pytest.fixture
+def clock(monkeypatch):  # type: ignore[no-untyped-def]
+    """timezone.now() held still, moved on by clock.advance(seconds)."""
+
+    class Clock:
+        now = timezone.now()
+
+        def advance(self, seconds: float) -> None:
+            self.now += dt.timedelta(seconds=seconds)
+
+    held = Clock()
+    monkeypatch.setattr(timezone, "now", lambda: held.now)
+    return held
+
+
+def _poll(client, url: str, version: str):  # type: ignore[no-untyped-def]
+    return client.get(url, {"v": version}, headers=HX)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", ["signed out", "viewer role taken away"])
+def test_someone_who_lost_access_learns_only_that_nothing_changed_and_only_until_the_version_ends(
+    bob, bob_client, clock, change
+):
+    obj = batch_json("in_progress", total=100, completed=10)
+    store_batches("sim", [obj])
+    url = fragment_urls(obj)[1]
+    page = bob_client.get(url, headers=HX).content.decode()
+    version = Batch.objects.get(batch_id=obj["id"]).poll_version()
+    assert f'"v": "{version}"' in page
+    denied = 302 if change == "signed out" else 403
+    if change == "signed out":
+        bob_client.logout()
+    else:
+        bob.groups.clear()
+
+    unchanged = _poll(bob_client, url, version)
+    assert unchanged.status_code == 204 and unchanged.content == b""
+
+    # A change is a render, which needs the sign-in and the role.
+    store_batches("sim", [{**obj, "request_counts": {"total": 100, "completed": 11, "failed": 0}}])
+    assert _poll(bob_client, url, version).status_code == denied
+    # So does the same state once its version's time bucket has ended.
+    version = Batch.objects.get(batch_id=obj["id"]).poll_version()
+    assert _poll(bob_client, url, version).status_code == 204
+    clock.advance(POLL_VERSION_SECONDS)
+    assert _poll(bob_client, url, version).status_code == denied
+
+
+@pytest.mark.django_db
+def test_a_version_cannot_be_made_up_from_what_the_fragment_shows(bob_client, charlie_client, clock):
+    obj = batch_json("in_progress", total=100, completed=10)
+    twin = {**obj, "id": "batch_" + "9" * 24}
+    store_batches("sim", [obj, twin])
+    batch = Batch.objects.get(batch_id=obj["id"])
+    url = fragment_urls(obj)[1]
+    shown = (batch.account, batch.batch_id, *(getattr(batch, name) for name in POLL_FIELDS))
+    bucket = int(timezone.now().timestamp() // POLL_VERSION_SECONDS)
+    unkeyed = hashlib.blake2b(repr((*shown, bucket)).encode(), digest_size=8).hexdigest()
+    with override_settings(SECRET_KEY="another server's key " * 3):
+        other_key = batch.poll_version()
+    twins = Batch.objects.get(batch_id=twin["id"]).poll_version()
+    assert _poll(bob_client, url, batch.poll_version()).status_code == 204
+
+    for forged in (unkeyed, other_key, twins):
+        assert _poll(Client(), url, forged).status_code == 302  # to the sign-in
+        assert _poll(charlie_client, url, forged).status_code == 403
+        assert _poll(bob_client, url, forged).status_code == 200  # rendered, with the real version
+
+
+@pytest.mark.django_db
+def test_polls_of_a_cancelling_batch_always_go_through_the_sign_in(bob_client, clock):
+    """They claim the batch's early refresh (sync.refresh_cancelling), which only a viewer may."""
+    obj = batch_json("cancelling", total=100, completed=10)
+    store_batches("sim", [obj])
+    version = Batch.objects.get(batch_id=obj["id"]).poll_version()
+
+    for url in fragment_urls(obj):
+        assert _poll(bob_client, url, version).status_code == 204
+        assert _poll(Client(), url, version).status_code == 302
 
 
 @pytest.mark.django_db

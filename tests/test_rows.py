@@ -46,6 +46,25 @@ def test_a_keyed_loader_finds_one_row_or_none():
     assert by_account.get("nowhere") is None
 
 
+def test_values_are_what_the_instance_would_hold_without_building_it():
+    now = timezone.now()
+    error = {"kind": "rate_limited", "message": "Slow down", "request_id": "req_1"}
+    SyncState.objects.create(account="sim", last_attempt_at=now, last_error=error, mirror_version=7)
+    by_account = RowLoader(SyncState, ("account",), only=("last_attempt_at", "last_error", "mirror_version"))
+
+    values = by_account.values("sim")
+
+    orm = SyncState.objects.get(account="sim")
+    assert values == {
+        "account": "sim",  # the primary key, always read
+        "last_attempt_at": orm.last_attempt_at,
+        "last_error": error,
+        "mirror_version": 7,
+    }
+    assert values["last_attempt_at"].tzinfo is not None
+    assert by_account.values("nowhere") is None
+
+
 def test_read_states_keeps_only_the_accounts_asked_for():
     SyncState.objects.create(account="sim")
     SyncState.objects.create(account="old")  # an account no longer configured

@@ -6,6 +6,7 @@ nothing here waits on the upstream except a download, which has to.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
 from batches import costs, listing, progress, sync
-from batches.accounts import get_accounts
+from batches.accounts import get_account, get_accounts
 from batches.auth import can_cancel
-from batches.client import InvalidIdError, UpstreamError, validate_file_id
+from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
 from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options
-from batches.models import POLL_FIELDS, TIMESTAMP_FIELDS, Batch, SyncState
+from batches.models import ACTIVE_STATUSES, POLL_VERSION_READS, TIMESTAMP_FIELDS, Batch, SyncState
 from batches.views import bulk as bulk_views
 from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
 
@@ -155,7 +156,40 @@ def row_context(request: HtmxHttpRequest, batch: Batch) -> dict[str, Any]:
     }
 
 
+def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Answer a poll that finds its batch unchanged with 204, before the request is signed in.
+
+    Most polls are such polls, and signing a request in (the session, the user, the permissions)
+    costs more than the rest of the answer. It is safe to skip for a 204 because the version sent
+    must be one this server gave out, with a fragment, to a viewer of this batch, within the
+    current POLL_VERSION_SECONDS bucket (the digest is keyed with the SECRET_KEY), and a 204 shows
+    nothing. So someone signed out or stripped of the viewer role meanwhile learns only that
+    nothing changed, and at most until the bucket ends: anything else (a change, the next bucket,
+    a `cancelling` batch, whose polls also refresh it) goes through the sign-in and the
+    permission check like every other request.
+    """
+
+    @functools.wraps(view)
+    def wrapper(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
+        version = request.GET.get("v")
+        upstream = get_account(account)
+        if version and upstream is not None and BATCH_ID_RE.fullmatch(batch_id):
+            state = Batch.objects.poll_state(account, batch_id)
+            if state is not None and state[0] in UNCHANGED_POLL_STATUSES and state[1] == version:
+                sync.refresh_stale_in_background([upstream])
+                return HttpResponse(status=204)
+        return view(request, account, batch_id)
+
+    return wrapper
+
+
+# Statuses whose unchanged polls unchanged_poll answers: not a terminal one (its fragment does not
+# poll), nor `cancelling` (its poll claims a refresh, sync.refresh_cancelling).
+UNCHANGED_POLL_STATUSES = frozenset(ACTIVE_STATUSES) - {"cancelling"}
+
+
 @require_GET
+@unchanged_poll
 @viewer_required
 @gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_row(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
@@ -207,6 +241,7 @@ def batch_detail(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpR
 
 
 @require_GET
+@unchanged_poll
 @viewer_required
 @gzip_page  # fragments carry no secret (no CSRF token), so compressing them is safe
 def batch_live(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
@@ -224,15 +259,14 @@ def _poll(
     defer: tuple[str, ...],
 ) -> HttpResponse:
     """A polled fragment. The poll sends the version of the fragment it shows (`hx-vals`): while
-    the batch is unchanged, 204 tells htmx to keep it, after reading only what the version is made
-    of (most polls end here). At a terminal status, 286 tells htmx to stop; the fragment itself then
+    the batch is unchanged, 204 tells htmx to keep it (most polls get theirs earlier, from
+    unchanged_poll). At a terminal status, 286 tells htmx to stop; the fragment itself then
     carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
     # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
-    versioned = ("account", "batch_id", *POLL_FIELDS)
-    batch = get_batch_or_404(account, batch_id, only=versioned)
+    batch = get_batch_or_404(account, batch_id, only=POLL_VERSION_READS)
     upstream = get_account_or_404(account)
     if sync.refresh_cancelling(upstream, batch):
-        batch = get_batch_or_404(account, batch_id, only=versioned)
+        batch = get_batch_or_404(account, batch_id, only=POLL_VERSION_READS)
     sync.refresh_stale_in_background([upstream])
     if not batch.is_terminal and request.GET.get("v") == batch.poll_version():
         return HttpResponse(status=204)

@@ -404,6 +404,16 @@ def test_a_version_cannot_be_made_up_from_what_the_fragment_shows(bob_client, ch
 
 
 @pytest.mark.django_db
+def test_a_malformed_version_is_not_looked_up_before_the_sign_in(django_assert_num_queries):
+    obj = batch_json("in_progress")
+    store_batches("sim", [obj])
+
+    for version in ("", "0" * 15, "0" * 17, "ABCDEF0123456789", "<b>0123456789ab</b>"):
+        with django_assert_num_queries(0):  # no session cookie, so no session to read either
+            assert _poll(Client(), fragment_urls(obj)[1], version).status_code == 302
+
+
+@pytest.mark.django_db
 def test_polls_of_a_cancelling_batch_always_go_through_the_sign_in(bob_client, clock):
     """They claim the batch's early refresh (sync.refresh_cancelling), which only a viewer may."""
     obj = batch_json("cancelling", total=100, completed=10)

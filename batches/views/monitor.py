@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from django.utils.safestring import mark_safe
 from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_GET
@@ -161,8 +163,8 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
     Most polls are such polls, and signing a request in (the session, the user, the permissions)
     costs more than the rest of the answer. It is safe to skip for a 204 because the version sent
-    must be one this server gave out, with a fragment, to a viewer of this batch, within the
-    current POLL_VERSION_SECONDS bucket (the digest is keyed with the SECRET_KEY), and a 204 shows
+    must be one this server gave out, in a page or a fragment, to a viewer of this batch, within
+    the current POLL_VERSION_SECONDS bucket (the digest is keyed with the SECRET_KEY), and a 204 shows
     nothing. So someone signed out or stripped of the viewer role meanwhile learns only that
     nothing changed, and at most until the bucket ends: anything else (a change, the next bucket,
     a `cancelling` batch, whose polls also refresh it) goes through the sign-in and the
@@ -171,11 +173,11 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
     @functools.wraps(view)
     def wrapper(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
-        version = request.GET.get("v")
+        version = request.GET.get("v", "")
         upstream = get_account(account)
-        if version and upstream is not None and BATCH_ID_RE.fullmatch(batch_id):
+        if POLL_VERSION_RE.fullmatch(version) and upstream is not None and BATCH_ID_RE.fullmatch(batch_id):
             state = Batch.objects.poll_state(account, batch_id)
-            if state is not None and state[0] in UNCHANGED_POLL_STATUSES and state[1] == version:
+            if state and state[0] in UNCHANGED_POLL_STATUSES and constant_time_compare(state[1], version):
                 sync.refresh_stale_in_background([upstream])
                 return HttpResponse(status=204)
         return view(request, account, batch_id)
@@ -183,6 +185,8 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
+# What Batch.poll_version() gives out; anything else is not looked up before the sign-in.
+POLL_VERSION_RE = re.compile(r"[0-9a-f]{16}")
 # Statuses whose unchanged polls unchanged_poll answers: not a terminal one (its fragment does not
 # poll), nor `cancelling` (its poll claims a refresh, sync.refresh_cancelling).
 UNCHANGED_POLL_STATUSES = frozenset(ACTIVE_STATUSES) - {"cancelling"}

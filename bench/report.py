@@ -397,7 +397,8 @@ def _latency_section(results: Results) -> str:
             f"({o.warmup} rounds to warm up, then {o.samples}), timed at the client over HTTP. The list "
             f"shows {lat['list_rows_shown']} rows of {mirrored:,} mirrored (`status=completed`, metadata "
             "search `q=owner`); the fragment is the live part of an in-progress batch's detail page, polled "
-            "as htmx polls it (with the version it shows, so an unchanged batch answers 204); the floor is "
+            "as htmx polls it (with the version it shows, so an unchanged batch answers 204, before the "
+            "request is signed in); the floor is "
             f"the median of `/bench/ping`.{signed_in}",
             table(["Page", "Requests", "Errors", "Median", "p90", "p99", "Median / floor"], rows),
             *(

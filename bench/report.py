@@ -547,7 +547,8 @@ def _profile_section(results: Results) -> str:
         parts += [
             f"### {name.capitalize()}: `{generic(p['path'])}`",
             f"Median {ms(p['median_seconds'])} per view over {p['repeat']} views without the profiler; "
-            f"{len(queries)} queries taking {sql_total * 1000:.1f} ms together (each re-run with its rows "
+            f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} taking {sql_total * 1000:.1f} ms "
+            "together (each re-run with its rows "
             f"fetched). Under cProfile (which slows Python code down) a view took {ms(per_view)}, "
             f"{render_s / per_view:.0%} of it in template rendering (`render_to_string`).",
             table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import re
 from typing import Any
 
 from django.conf import settings
@@ -59,6 +60,7 @@ class BatchManager(models.Manager["Batch"]):
 
 # What Batch.objects.poll_state() reads.
 POLL_VERSION_READS = ("account", "batch_id", *POLL_FIELDS)
+POLL_VERSION_RE = re.compile(r"[0-9a-f]{16}")  # what poll_version() gives out
 
 
 def poll_version(account: str, batch_id: str, shown: list[Any], now: dt.datetime | None = None) -> str:
@@ -67,8 +69,9 @@ def poll_version(account: str, batch_id: str, shown: list[Any], now: dt.datetime
     A poll sends the version of the fragment it has; while nothing changed it gets 204 No Content:
     no rendering, no bytes. The time bucket makes relative times and the stuck flag move on at
     least every POLL_VERSION_SECONDS, and ends each version's life. The digest is keyed with the
-    SECRET_KEY, so a version is one this server gave out with a fragment; that is what lets an
-    unchanged poll be answered before the request is signed in (views.monitor.unchanged_poll).
+    SECRET_KEY, so a version is one this server gave out in a page or a fragment; that is what lets
+    an unchanged poll be answered before the request is signed in (views.monitor.unchanged_poll).
+    Its form is POLL_VERSION_RE.
     """
     bucket = int((now or timezone.now()).timestamp() // POLL_VERSION_SECONDS)
     message = repr((account, batch_id, *shown, bucket)).encode()

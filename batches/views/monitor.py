@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,14 @@ from batches.accounts import get_account, get_accounts
 from batches.auth import can_cancel
 from batches.client import BATCH_ID_RE, InvalidIdError, UpstreamError, validate_file_id
 from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options
-from batches.models import ACTIVE_STATUSES, POLL_VERSION_READS, TIMESTAMP_FIELDS, Batch, SyncState
+from batches.models import (
+    ACTIVE_STATUSES,
+    POLL_VERSION_RE,
+    POLL_VERSION_READS,
+    TIMESTAMP_FIELDS,
+    Batch,
+    SyncState,
+)
 from batches.views import bulk as bulk_views
 from batches.views.common import HtmxHttpRequest, get_account_or_404, get_batch_or_404, viewer_required
 
@@ -175,6 +181,7 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     def wrapper(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
         version = request.GET.get("v", "")
         upstream = get_account(account)
+        # Only what could be a version and a batch is looked up before the sign-in.
         if POLL_VERSION_RE.fullmatch(version) and upstream is not None and BATCH_ID_RE.fullmatch(batch_id):
             state = Batch.objects.poll_state(account, batch_id)
             if state and state[0] in UNCHANGED_POLL_STATUSES and constant_time_compare(state[1], version):
@@ -185,8 +192,6 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
-# What Batch.poll_version() gives out; anything else is not looked up before the sign-in.
-POLL_VERSION_RE = re.compile(r"[0-9a-f]{16}")
 # Statuses whose unchanged polls unchanged_poll answers: not a terminal one (its fragment does not
 # poll), nor `cancelling` (its poll claims a refresh, sync.refresh_cancelling).
 UNCHANGED_POLL_STATUSES = frozenset(ACTIVE_STATUSES) - {"cancelling"}

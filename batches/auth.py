@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import auth
@@ -13,11 +15,16 @@ from django.contrib.auth.backends import RemoteUserBackend as BaseRemoteUserBack
 from django.contrib.auth.middleware import AuthenticationMiddleware as BaseAuthenticationMiddleware
 from django.contrib.auth.middleware import RemoteUserMiddleware as BaseRemoteUserMiddleware
 from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.views import redirect_to_login
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.shortcuts import resolve_url
 from django.utils.functional import SimpleLazyObject
+from django.utils.http import url_has_allowed_host_and_scheme
+from django_htmx.http import HttpResponseClientRedirect
 
 from batches.rows import RowLoader
 
@@ -45,6 +52,37 @@ class RemoteUserMiddleware(BaseRemoteUserMiddleware):
         if not settings.REMOTE_USER_HEADER:
             raise KeyError("REMOTE_USER_HEADER is not set")
         return str(request.META[settings.REMOTE_USER_HEADER])
+
+
+class HtmxLoginRedirectMiddleware:
+    """An htmx GET sent to the sign-in page takes the whole page there, and back afterwards.
+
+    Once a session has ended (signed out in another tab, expired, deleted by an admin), the next
+    poll of an open page is redirected to the login page. The browser would follow that redirect
+    inside the htmx request and swap the login form into a table row or the live section. Instead
+    htmx is told to load the login page as the page (HX-Redirect), with `next` the page the person
+    was looking at rather than the fragment. POSTs are left alone: the cancel dialogs see the
+    redirect themselves and say that the session has ended, keeping what was typed.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if (
+            response.status_code == 302
+            and request.method in ("GET", "HEAD")
+            and request.headers.get("HX-Request") == "true"
+            and urlsplit(response["Location"]).path == resolve_url(settings.LOGIN_URL)
+        ):
+            page = urlsplit(request.headers.get("HX-Current-URL", ""))
+            back = page.path + (f"?{page.query}" if page.query else "")
+            # Only a path of this site (the login view checks `next` again before following it).
+            if not back.startswith("/") or not url_has_allowed_host_and_scheme(back, allowed_hosts=None):
+                return HttpResponseClientRedirect(resolve_url(settings.LOGIN_URL))
+            return HttpResponseClientRedirect(redirect_to_login(back).url)
+        return response
 
 
 def can_cancel(user: object) -> bool:

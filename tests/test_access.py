@@ -11,6 +11,7 @@ A wrong method is 405 for everyone. The mirror holds one running batch of the li
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -86,6 +87,33 @@ def test_anonymous_file_download_is_sent_to_the_login_page(anonymous, simulator,
 
     assert anonymous.get(url).status_code == 302
     assert simulator.total_requests() == 0
+
+
+@pytest.mark.django_db
+def test_an_htmx_read_after_the_session_ended_takes_the_page_to_the_login_and_back(bob_client, running):
+    """Not the login form swapped into a row: the page goes, and comes back after signing in."""
+    page = reverse("batch_list") + "?status=in_progress&q=owner"
+    bob_client.logout()
+
+    for url in read_urls(running):
+        response = bob_client.get(url, headers={**HTMX, "HX-Current-URL": "http://testserver" + page})
+        assert response.status_code == 200 and response.content == b"", url
+        assert response["HX-Redirect"] == reverse("login") + "?next=" + quote(page), url
+
+    login = bob_client.post(response["HX-Redirect"], {"username": "bob", "password": "bob-password-1"})
+    assert login.status_code == 302 and login["Location"] == page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("current", [None, "", "http://evil.example//evil.example/x", "javascript:alert(1)"])
+def test_a_page_address_that_is_not_this_sites_is_not_where_the_login_comes_back_to(
+    anonymous, running, current
+):
+    headers = HTMX if current is None else {**HTMX, "HX-Current-URL": current}
+
+    response = anonymous.get(reverse("batch_live", args=[running.account, running.batch_id]), headers=headers)
+
+    assert response["HX-Redirect"] == reverse("login")
 
 
 @pytest.mark.django_db

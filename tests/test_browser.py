@@ -14,7 +14,7 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from batches.models import AuditEntry, Batch
+from batches.models import AuditEntry, Batch, Session
 from batches.simulator import SimClock, Simulator
 from batches.sync import run_cycle
 from tests.browser_fixtures import login, wait_for_htmx
@@ -170,6 +170,29 @@ def test_viewer_sees_no_cancel_button(page: Page, live_server, bob, running, scr
     wait_for_htmx(page)
     expect_no_cancel_controls(page)
     screenshot("detail")
+
+
+def test_a_page_whose_session_ended_goes_to_the_login_and_comes_back_after_it(
+    page: Page, live_server, bob, running, sim_clock, screenshot
+):  # type: ignore[no-untyped-def]
+    login(page, live_server, "bob", "bob-password-1")
+    detail = live_server.url + fragment_path(running, "batch_detail")
+    page.goto(detail)
+    expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
+    wait_for_htmx(page)
+
+    Session.objects.all().delete()  # signed out in another tab, or expired
+    sim_clock.advance(60)  # the batch moves on: the next poll renders, which needs a session
+
+    page.wait_for_url(f"{live_server.url}/login/?next=**", timeout=WAIT)
+    expect(page.get_by_label("User name")).to_be_visible()
+    expect(page.locator("#batch-live")).to_have_count(0)  # the login page is the page, not a fragment
+    screenshot("login")
+    page.get_by_label("User name").fill("bob")
+    page.get_by_label("Password").fill("bob-password-1")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(detail, timeout=WAIT)
+    expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
 
 
 def test_cancel_dialog_survives_polling(page: Page, live_server, alice, running, simulator, screenshot):  # type: ignore[no-untyped-def]

@@ -54,15 +54,17 @@ class RemoteUserMiddleware(BaseRemoteUserMiddleware):
         return str(request.META[settings.REMOTE_USER_HEADER])
 
 
-class HtmxLoginRedirectMiddleware:
-    """An htmx GET sent to the sign-in page takes the whole page there, and back afterwards.
+class HtmxAccessMiddleware:
+    """An htmx GET refused for want of a session or a role takes the whole page along.
 
     Once a session has ended (signed out in another tab, expired, deleted by an admin), the next
     poll of an open page is redirected to the login page. The browser would follow that redirect
     inside the htmx request and swap the login form into a table row or the live section. Instead
     htmx is told to load the login page as the page (HX-Redirect), with `next` the page the person
-    was looking at rather than the fragment. POSTs are left alone: the cancel dialogs see the
-    redirect themselves and say that the session has ended, keeping what was typed.
+    was looking at rather than the fragment. Once a role has been taken away, the polls get 403,
+    which htmx does not swap: the page would look live while frozen. It is reloaded instead
+    (HX-Refresh), and then says why (403.html). POSTs are left alone: the cancel dialogs see the
+    answer themselves and say what happened, keeping what was typed.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
@@ -70,11 +72,12 @@ class HtmxLoginRedirectMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
-        if (
-            response.status_code == 302
-            and request.method in ("GET", "HEAD")
-            and request.headers.get("HX-Request") == "true"
-            and urlsplit(response["Location"]).path == resolve_url(settings.LOGIN_URL)
+        if request.method not in ("GET", "HEAD") or request.headers.get("HX-Request") != "true":
+            return response
+        if response.status_code == 403:
+            response["HX-Refresh"] = "true"
+        elif response.status_code == 302 and urlsplit(response["Location"]).path == resolve_url(
+            settings.LOGIN_URL
         ):
             page = urlsplit(request.headers.get("HX-Current-URL", ""))
             back = page.path + (f"?{page.query}" if page.query else "")

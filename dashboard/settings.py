@@ -83,8 +83,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # An htmx GET whose session has ended takes the page to the login (HX-Redirect).
-    "batches.auth.HtmxLoginRedirectMiddleware",
+    # An htmx GET refused for want of a session or a role takes the page along (login, or 403).
+    "batches.auth.HtmxAccessMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into a 429 page.
     "axes.middleware.AxesMiddleware",
 ]

@@ -17,6 +17,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import strip_tags
 
 from batches.models import AuditEntry, Batch
 from batches.sync import store_batches
@@ -135,6 +136,27 @@ def test_user_without_a_role_is_refused_everywhere(charlie_client, simulator, ru
     assert charlie_client.post(cancel_url(running), {"where": "row"}, headers=HTMX).status_code == 403
     assert simulator.total_requests() == 0
     assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_refusal_says_who_is_signed_in_and_which_role_it_takes(charlie_client, running):
+    response = charlie_client.get(reverse("batch_list"))
+
+    text = " ".join(strip_tags(response.content.decode()).split())
+    assert response.status_code == 403
+    assert "charlie · no role" in text
+    assert "You are signed in as charlie, and your account may not see the batches." in text
+    assert "Watching batches takes the Viewers role" in text
+
+
+@pytest.mark.django_db
+def test_an_htmx_read_refused_for_want_of_a_role_reloads_the_page(charlie_client, running):
+    """htmx swaps no 403: without the reload, a page open when its role went would look live."""
+    for url in read_urls(running):
+        response = charlie_client.get(url, headers=HTMX)
+        assert response.status_code == 403 and response["HX-Refresh"] == "true", url
+
+    assert "HX-Refresh" not in charlie_client.get(reverse("batch_list"))
 
 
 # --- bob: viewer ---------------------------------------------------------------------------------

@@ -195,6 +195,23 @@ def test_a_page_whose_session_ended_goes_to_the_login_and_comes_back_after_it(
     expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
 
 
+def test_a_page_whose_viewer_role_was_taken_away_says_so(page: Page, live_server, bob, running, sim_clock):  # type: ignore[no-untyped-def]
+    login(page, live_server, "bob", "bob-password-1")
+    detail = live_server.url + fragment_path(running, "batch_detail")
+    page.goto(detail)
+    expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
+    wait_for_htmx(page)
+    navigations = main_frame_navigations(page)
+
+    bob.groups.clear()
+    sim_clock.advance(60)  # the batch moves on: the next poll renders, which checks the role
+
+    expect(page.get_by_role("heading", name="No access")).to_be_visible(timeout=WAIT)
+    expect(page.locator(".who")).to_contain_text("bob · no role")
+    assert navigations == [detail]  # reloaded in place, once
+    expect(page.locator("#batch-live")).to_have_count(0)
+
+
 def test_cancel_dialog_survives_polling(page: Page, live_server, alice, running, simulator, screenshot):  # type: ignore[no-untyped-def]
     login(page, live_server, "alice", "alice-password-1")
     row = page.locator(f"#batch-row-{running.pk}")

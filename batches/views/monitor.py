@@ -277,7 +277,7 @@ def _poll(
     if sync.refresh_cancelling(upstream, batch):
         batch = get_batch_or_404(account, batch_id, only=POLL_VERSION_READS)
     sync.refresh_stale_in_background([upstream])
-    if not batch.is_terminal and request.GET.get("v") == batch.poll_version():
+    if not batch.is_terminal and constant_time_compare(request.GET.get("v", ""), batch.poll_version()):
         return HttpResponse(status=204)
     batch = get_batch_or_404(account, batch_id, defer=defer)
     html = render_to_string(template, context(request, batch), request)

@@ -172,14 +172,20 @@ def test_viewer_sees_no_cancel_button(page: Page, live_server, bob, running, scr
     screenshot("detail")
 
 
-def test_a_page_whose_session_ended_goes_to_the_login_and_comes_back_after_it(
-    page: Page, live_server, bob, running, sim_clock, screenshot
-):  # type: ignore[no-untyped-def]
+def open_detail_as_bob(page: Page, live_server, running: Batch) -> str:  # type: ignore[no-untyped-def]
+    """Signed in as bob, on the running batch's page, its first polls answered; returns its URL."""
     login(page, live_server, "bob", "bob-password-1")
     detail = live_server.url + fragment_path(running, "batch_detail")
     page.goto(detail)
     expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
     wait_for_htmx(page)
+    return detail
+
+
+def test_a_page_whose_session_ended_goes_to_the_login_and_comes_back_after_it(
+    page: Page, live_server, bob, running, sim_clock, screenshot
+):  # type: ignore[no-untyped-def]
+    detail = open_detail_as_bob(page, live_server, running)
 
     Session.objects.all().delete()  # signed out in another tab, or expired
     sim_clock.advance(60)  # the batch moves on: the next poll renders, which needs a session
@@ -196,11 +202,7 @@ def test_a_page_whose_session_ended_goes_to_the_login_and_comes_back_after_it(
 
 
 def test_a_page_whose_viewer_role_was_taken_away_says_so(page: Page, live_server, bob, running, sim_clock):  # type: ignore[no-untyped-def]
-    login(page, live_server, "bob", "bob-password-1")
-    detail = live_server.url + fragment_path(running, "batch_detail")
-    page.goto(detail)
-    expect(page.locator("#batch-live .badge")).to_have_text("in_progress", timeout=WAIT)
-    wait_for_htmx(page)
+    detail = open_detail_as_bob(page, live_server, running)
     navigations = main_frame_navigations(page)
 
     bob.groups.clear()

@@ -76,16 +76,16 @@ class HtmxAccessMiddleware:
             return response
         if response.status_code == 403:
             response["HX-Refresh"] = "true"
-        elif response.status_code == 302 and urlsplit(response["Location"]).path == resolve_url(
-            settings.LOGIN_URL
-        ):
-            page = urlsplit(request.headers.get("HX-Current-URL", ""))
-            back = page.path + (f"?{page.query}" if page.query else "")
-            # Only a path of this site (the login view checks `next` again before following it).
-            if not back.startswith("/") or not url_has_allowed_host_and_scheme(back, allowed_hosts=None):
-                return HttpResponseClientRedirect(resolve_url(settings.LOGIN_URL))
-            return HttpResponseClientRedirect(redirect_to_login(back).url)
-        return response
+            return response
+        login = resolve_url(settings.LOGIN_URL)
+        if response.status_code != 302 or urlsplit(response["Location"]).path != login:
+            return response
+        page = urlsplit(request.headers.get("HX-Current-URL", ""))
+        back = page.path + (f"?{page.query}" if page.query else "")
+        # Only a path of this site (the login view checks `next` again before following it).
+        if back.startswith("/") and url_has_allowed_host_and_scheme(back, allowed_hosts=None):
+            return HttpResponseClientRedirect(redirect_to_login(back, login).url)
+        return HttpResponseClientRedirect(login)
 
 
 def can_cancel(user: object) -> bool:

@@ -52,14 +52,14 @@ class BatchManager(models.Manager["Batch"]):
     def poll_state(self, account: str, batch_id: str) -> tuple[str, str] | None:
         """(status, poll version) of one batch, or None: what an unchanged poll needs, read
         without building the instance."""
-        values = _loader(POLL_VERSION_READS, ()).values(account, batch_id)
+        values = _loader(_POLL_READS, ()).values(account, batch_id)
         if values is None:
             return None
         return values["status"], poll_version(account, batch_id, [values[name] for name in POLL_FIELDS])
 
 
 # What Batch.objects.poll_state() reads.
-POLL_VERSION_READS = ("account", "batch_id", *POLL_FIELDS)
+_POLL_READS = ("account", "batch_id", *POLL_FIELDS)
 POLL_VERSION_RE = re.compile(r"[0-9a-f]{16}")  # what poll_version() gives out
 
 

@@ -28,7 +28,7 @@ class RowLoader[M: models.Model]:
             if f.primary_key or ((not only or f.name in only) and f.name not in defer)
         ]
         self.attnames = [f.attname for f in self.fields]
-        self.key_columns = [str(cast(models.Field, meta.get_field(name)).column) for name in key]
+        self.key_columns = [column(model, name) for name in key]
         self._sql: dict[str, str] = {}
         self._converters = threading.local()
 
@@ -39,20 +39,20 @@ class RowLoader[M: models.Model]:
 
     def all(self, *params: Any) -> list[M]:
         """Every row whose key has these values (every row of the table for an empty key)."""
-        connection = connections[router.db_for_read(self.model)]
-        with connection.cursor() as cursor:
-            cursor.execute(self._sql_for(connection), params)
-            rows = cursor.fetchall()
+        connection, rows = self._select(params)
         return [self.build(connection, row) for row in rows]
 
     def values(self, *params: Any) -> dict[str, Any] | None:
         """The first row whose key has these values as {attname: value}, or None: what the
         instance's attributes would hold, without building the instance."""
+        connection, rows = self._select(params)
+        return dict(zip(self.attnames, self._convert(connection, rows[0]), strict=True)) if rows else None
+
+    def _select(self, params: Sequence[Any]) -> tuple[Any, list[Sequence[Any]]]:
         connection = connections[router.db_for_read(self.model)]
         with connection.cursor() as cursor:
             cursor.execute(self._sql_for(connection), params)
-            row = cursor.fetchone()
-        return None if row is None else dict(zip(self.attnames, self._convert(connection, row), strict=True))
+            return connection, cursor.fetchall()
 
     def build(self, connection: Any, row: Sequence[Any]) -> M:
         """The instance from the values of `columns()`, in their order, as the database gave them."""
@@ -95,3 +95,8 @@ class RowLoader[M: models.Model]:
             sql = f"SELECT {self.columns(connection)} FROM {table}"  # noqa: S608
             self._sql[connection.vendor] = f"{sql} WHERE {where}" if where else sql
         return self._sql[connection.vendor]
+
+
+def column(model: type[models.Model], name: str) -> str:
+    """The database column of the model's field `name`."""
+    return str(cast(models.Field, model._meta.get_field(name)).column)

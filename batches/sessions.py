@@ -21,11 +21,12 @@ from typing import Any, cast
 from django.contrib.auth import SESSION_KEY
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore as DBStore
-from django.db import connections, models, router
+from django.db import connections, router
 from django.utils import timezone
 
 from batches.auth import USER_ROWS, permissions_from, user_pk
 from batches.models import Session
+from batches.rows import column
 
 # Session data already decoded, by its encoded form: a process holds a few per signed-in user.
 DECODED_MAX = 4096
@@ -98,20 +99,16 @@ def _sql_for(vendor: str, connection_alias: str) -> str | None:
     connection = connections[connection_alias]
     quote = connection.ops.quote_name
     key, data, expires, user = (
-        quote(_column(Session, name)) for name in ("session_key", "session_data", "expire_date", "user")
+        quote(column(Session, name)) for name in ("session_key", "session_data", "expire_date", "user")
     )
     user_id = f"s.{user}"
     return (
         f"SELECT s.{data}, {USER_ROWS.columns(connection, 'u')},"  # noqa: S608
         f" (SELECT {aggregate}{permissions_from(user_id)})"
         f" FROM {quote(Session._meta.db_table)} s"
-        f" LEFT JOIN {quote(User._meta.db_table)} u ON u.{quote(_column(User, 'id'))} = {user_id}"
+        f" LEFT JOIN {quote(User._meta.db_table)} u ON u.{quote(column(User, 'id'))} = {user_id}"
         f" WHERE s.{key} = %s AND s.{expires} > %s"
     )
-
-
-def _column(model: type[models.Model], name: str) -> str:
-    return str(cast(models.Field, model._meta.get_field(name)).column)
 
 
 def _sql(connection: Any) -> str | None:

@@ -34,7 +34,6 @@ from batches.filters import PAGE_SIZE, BatchFilters, Cursor, filter_options
 from batches.models import (
     ACTIVE_STATUSES,
     POLL_VERSION_RE,
-    POLL_VERSION_READS,
     TIMESTAMP_FIELDS,
     Batch,
     SyncState,
@@ -180,9 +179,12 @@ def unchanged_poll(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     @functools.wraps(view)
     def wrapper(request: HtmxHttpRequest, account: str, batch_id: str) -> HttpResponse:
         version = request.GET.get("v", "")
-        upstream = get_account(account)
         # Only what could be a version and a batch is looked up before the sign-in.
-        if POLL_VERSION_RE.fullmatch(version) and upstream is not None and BATCH_ID_RE.fullmatch(batch_id):
+        if (
+            POLL_VERSION_RE.fullmatch(version)
+            and BATCH_ID_RE.fullmatch(batch_id)
+            and (upstream := get_account(account)) is not None
+        ):
             state = Batch.objects.poll_state(account, batch_id)
             if state and state[0] in UNCHANGED_POLL_STATUSES and constant_time_compare(state[1], version):
                 sync.refresh_stale_in_background([upstream])
@@ -272,14 +274,14 @@ def _poll(
     unchanged_poll). At a terminal status, 286 tells htmx to stop; the fragment itself then
     carries no trigger either, since an outerHTML swap of a triggering element would restart it."""
     # The lookup first: a malformed or unknown URL gets its 404 without setting off any sync.
-    batch = get_batch_or_404(account, batch_id, only=POLL_VERSION_READS)
+    # Read whole (but `defer`): unchanged_poll has answered the polls that need less.
+    batch = get_batch_or_404(account, batch_id, defer=defer)
     upstream = get_account_or_404(account)
     if sync.refresh_cancelling(upstream, batch):
-        batch = get_batch_or_404(account, batch_id, only=POLL_VERSION_READS)
+        batch = get_batch_or_404(account, batch_id, defer=defer)
     sync.refresh_stale_in_background([upstream])
     if not batch.is_terminal and constant_time_compare(request.GET.get("v", ""), batch.poll_version()):
         return HttpResponse(status=204)
-    batch = get_batch_or_404(account, batch_id, defer=defer)
     html = render_to_string(template, context(request, batch), request)
     return HttpResponseStopPolling(html) if batch.is_terminal else HttpResponse(html)
 
